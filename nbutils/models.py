@@ -1,0 +1,182 @@
+"""Models: ResNet-18/50 with the CIFAR stem, a width multiplier, and named layers to probe.
+
+Every classifier here is ``encoder -> head``: ``model.encoder(x)`` gives the penultimate features
+(global-average-pooled output of the last block, 8*width dims for ResNet-18) and ``model.head``
+turns them into logits. The head is a separate, replaceable module so that paper A's
+classifier-only fine-tuning and the class-mean-feature (CMF) head swap it without touching the
+encoder.
+
+``extract(model, store, idx, layers=...)`` reads the output of any named layers in one forward pass
+(forward hooks, global-average pooling inside the hook).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1):
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNetEncoder(nn.Module):
+    """CIFAR-stem ResNet body: 3x3 conv stem (no max-pool), four stages, global average pooling.
+
+    Named children ``stem, layer1 .. layer4, pool`` are the layers that layer-wise probes read.
+    """
+
+    def __init__(self, block, num_blocks: Sequence[int], width: int = 64, in_channels: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        cin = width
+        layers = []
+        for i, n in enumerate(num_blocks):
+            planes = width * 2 ** i
+            blocks = []
+            for j in range(n):
+                blocks.append(block(cin, planes, stride=(1 if i == 0 or j > 0 else 2)))
+                cin = planes * block.expansion
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_dim = cin
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.pool(x)
+
+
+class Classifier(nn.Module):
+    """``encoder -> head``. ``forward`` returns logits; ``features`` the penultimate features."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def features(self, x):
+        return self.encoder(x)
+
+    def forward(self, x):
+        return self.head(self.encoder(x))
+
+
+ARCHS = {"resnet18": (BasicBlock, (2, 2, 2, 2)), "resnet50": (Bottleneck, (3, 4, 6, 3))}
+
+
+def build_model(arch: str = "resnet18", num_classes: int = 10, width: int = 64, in_channels: int = 3) -> Classifier:
+    """ResNet-18/50 with the CIFAR stem; ``width`` is the first stage's channel count (64 = paper)."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+    if width < 1 or num_classes < 2 or in_channels < 1:
+        raise ValueError(f"need width >= 1, num_classes >= 2, in_channels >= 1; got {width}, {num_classes}, {in_channels}")
+    block, blocks = ARCHS[arch]
+    enc = ResNetEncoder(block, blocks, width=width, in_channels=in_channels)
+    return Classifier(enc, nn.Linear(enc.out_dim, num_classes))
+
+
+def model_from_config(cfg) -> Classifier:
+    return build_model(cfg.arch, cfg.num_classes, cfg.width, cfg.in_channels)
+
+
+PROBE_LAYERS = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+@contextmanager
+def capture(model: nn.Module, layers: Iterable[str], pool: bool = True):
+    """Context manager: forward hooks that store the (pooled) output of each named module.
+
+    Yields a dict name -> list of tensors (one per forward call, detached, float32, on the CPU).
+    Spatial maps are global-average pooled inside the hook, so memory stays O(N * channels).
+    """
+    modules = dict(model.named_modules())
+    missing = [n for n in layers if n not in modules]
+    if missing:
+        raise ValueError(f"unknown layer(s) {missing}; some valid names: {[n for n in modules if n][:20]}")
+    store: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+    handles = []
+    for name in layers:
+        def hook(_m, _inp, out, name=name):
+            if pool and out.ndim == 4:
+                out = out.float().mean(dim=(2, 3))
+            store[name].append(out.detach().float().cpu())
+        handles.append(modules[name].register_forward_hook(hook))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def extract(model: nn.Module, store, idx: torch.Tensor, layers: Sequence[str] = ("encoder",),
+            batch_size: int = 1000, autocast: bool = False) -> dict[str, torch.Tensor]:
+    """One eval-mode pass over ``store[idx]``: returns {layer: features, "logits", "labels"} on the CPU.
+
+    ``layers`` are module names of ``model`` (``"encoder"`` = penultimate features,
+    ``"encoder.layer3"`` = a residual stage, pooled).
+    """
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    dev = store.device
+    try:
+        with capture(model, layers) as feats:
+            for x, y in store.iter_batches(idx, batch_size):
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast and dev.type == "cuda"):
+                    logits.append(model(x).float().cpu())
+                labels.append(y.cpu())
+    finally:
+        model.train(was_training)
+    out = {k: torch.cat(v) if v else torch.empty(0) for k, v in feats.items()}
+    out["logits"] = torch.cat(logits) if logits else torch.empty(0)
+    out["labels"] = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    return out
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
