@@ -93,7 +93,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # readers and courses: real data (Fashion-MNIST), reduced width, the phenomena visible on a laptop
     "quick": {**_BASE, "dataset": "fashion_mnist", "n_train": 12000, "n_test": 5000, "width": 8,
               "epochs": 24, "batch_size": 128, "lr": 0.05, "warmup_epochs": 2, "patience": 25,
-              "n_snapshots": 8},
+              "n_snapshots": 12},
     # full reproduction (GPU): paper A's CIFAR-10 ResNet-18 recipe
     "paper": {**_BASE, "dataset": "cifar10", "width": 64, "epochs": 300, "batch_size": 128, "lr": 0.01,
               "warmup_epochs": 5, "patience": 50, "augment": True, "n_snapshots": 12},

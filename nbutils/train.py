@@ -19,7 +19,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -99,7 +99,57 @@ class History:
                    d.get("final", {}))
 
 
-def fit(model: nn.Module, store, idx: torch.Tensor, *, epochs: int, lr: float, batch_size: int,
+class Sampler:
+    """A data view for :func:`fit`: ``sampler(generator)`` yields the batches of one epoch (tuples of
+    tensors, the second being the labels that count for the running accuracy)."""
+
+    steps_per_epoch: int = 0
+
+    def __call__(self, gen: torch.Generator) -> Iterator[tuple]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class IndexSampler(Sampler):
+    """Shuffled mini-batches ``(x, y)`` of ``store[idx]``; ``labels`` (indexed like the store)
+    replace the true labels, e.g. random labels for the forget set."""
+
+    def __init__(self, store, idx: torch.Tensor, batch_size: int, labels: torch.Tensor | None = None,
+                 augment: bool = False):
+        self.store, self.idx, self.batch_size, self.augment = store, idx.to(store.device), batch_size, augment
+        self.labels = store.labels if labels is None else labels.to(store.device)
+        self.steps_per_epoch = math.ceil(len(idx) / batch_size)
+
+    def __call__(self, gen: torch.Generator) -> Iterator[tuple]:
+        perm = self.idx[torch.randperm(len(self.idx), generator=gen).to(self.idx.device)]
+        for s in range(0, len(perm), self.batch_size):
+            b = perm[s:s + self.batch_size]
+            yield self.store.batch(b, augment=self.augment, generator=gen), self.labels[b]
+
+
+class PairedSampler(Sampler):
+    """One pass over ``retain`` in mini-batches, each paired with a mini-batch of ``forget`` (cycled):
+    yields ``(x_retain, y_retain, x_forget, y_forget)`` — the data view of NegGrad+."""
+
+    def __init__(self, store, retain: torch.Tensor, forget: torch.Tensor, batch_size: int,
+                 forget_batch_size: int | None = None, augment: bool = False, labels: torch.Tensor | None = None):
+        if len(forget) == 0:
+            raise ValueError("PairedSampler: the forget index is empty")
+        self.retain = IndexSampler(store, retain, batch_size, labels=labels, augment=augment)
+        self.forget = IndexSampler(store, forget, forget_batch_size or batch_size, labels=labels, augment=augment)
+        self.steps_per_epoch = self.retain.steps_per_epoch
+
+    def __call__(self, gen: torch.Generator) -> Iterator[tuple]:
+        fb = self.forget(gen)
+        for xr, yr in self.retain(gen):
+            try:
+                xf, yf = next(fb)
+            except StopIteration:
+                fb = self.forget(gen)
+                xf, yf = next(fb)
+            yield xr, yr, xf, yf
+
+
+def fit(model: nn.Module, store, idx: "torch.Tensor | Sampler", *, epochs: int, lr: float, batch_size: int,
         momentum: float = 0.9, nesterov: bool = True, weight_decay: float = 5e-4,
         warmup_epochs: int = 0, min_lr: float = 0.0,
         val_idx: torch.Tensor | None = None, patience: int | None = None, restore_best: bool = True,
@@ -115,10 +165,15 @@ def fit(model: nn.Module, store, idx: torch.Tensor, *, epochs: int, lr: float, b
         progress: bool | None = None, desc: str = "train") -> History:
     """Train ``model`` in place on ``store[idx]`` and return its :class:`History`.
 
+    ``idx`` is an index view of ``store`` (shuffled mini-batches ``(x, y)``), or any :class:`Sampler`
+    that yields the batches of one epoch as tuples (e.g. :class:`PairedSampler`'s
+    ``(x_retain, y_retain, x_forget, y_forget)``); ``loss_fn(model, *batch)`` consumes them.
+
     * ``labels``: a label tensor indexed like the store (e.g. random labels for the forget set);
       defaults to ``store.labels``.
-    * ``loss_fn(model, x, y)``: the objective of one batch (cross-entropy by default); it returns the
-      loss, or ``(loss, logits)`` so that the running training accuracy is recorded too.
+    * ``loss_fn(model, *batch)``: the objective of one batch (cross-entropy by default); it returns
+      the loss, or ``(loss, logits)`` so that the running training accuracy is recorded too. It may
+      call ``backward`` itself on parts of the objective (gradients accumulate; NegGrad+ does this).
     * ``params``: what the optimiser moves (default: every parameter with ``requires_grad``).
     * ``grad_hook(model)``: called after ``backward`` and before the step (masks, clipping).
     * ``train_mode(model)``: sets train/eval modes each epoch (default ``model.train()``);
@@ -134,10 +189,10 @@ def fit(model: nn.Module, store, idx: torch.Tensor, *, epochs: int, lr: float, b
     """
     if epochs < 0 or lr <= 0 or batch_size <= 0:
         raise ValueError(f"need epochs >= 0, lr > 0, batch_size > 0; got {epochs}, {lr}, {batch_size}")
-    if len(idx) == 0:
-        raise ValueError("fit: the training index is empty")
     dev = store.device
-    labels = store.labels if labels is None else labels.to(dev)
+    sampler = idx if isinstance(idx, Sampler) else IndexSampler(store, idx, batch_size, labels=labels, augment=augment)
+    if sampler.steps_per_epoch == 0:
+        raise ValueError("fit: the training index is empty")
     if channels_last is None:  # on the CPU, oneDNN's channels-last kernels are not run-to-run deterministic
         channels_last = dev.type == "cuda"
     if channels_last:
@@ -145,7 +200,7 @@ def fit(model: nn.Module, store, idx: torch.Tensor, *, epochs: int, lr: float, b
     params = [p for p in (model.parameters() if params is None else params) if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
                           weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(idx) / batch_size)
+    steps_per_epoch = sampler.steps_per_epoch
     total = epochs * steps_per_epoch
     gen = torch.Generator().manual_seed(seed)
     hist = History()
@@ -171,31 +226,29 @@ def fit(model: nn.Module, store, idx: torch.Tensor, *, epochs: int, lr: float, b
     for epoch in range(start_epoch + 1, epochs + 1):
         t0 = time.perf_counter()
         set_mode(model)
-        perm = idx[torch.randperm(len(idx), generator=gen).to(dev)]
-        tot_loss, tot_correct, seen = 0.0, 0, 0
-        for s in range(0, len(perm), batch_size):
-            b = perm[s:s + batch_size]
-            x = store.batch(b, augment=augment, generator=gen)
+        tot_loss, tot_correct, seen, seen_acc = 0.0, 0, 0, 0
+        for batch in sampler(gen):
             if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            y = labels[b]
+                batch = tuple(t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in batch)
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine(step, total, warmup_epochs * steps_per_epoch, lr, min_lr)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast and dev.type == "cuda"):
-                out = loss_fn(model, x, y)
-            loss, logits = out if isinstance(out, tuple) else (out, None)
             opt.zero_grad(set_to_none=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast and dev.type == "cuda"):
+                out = loss_fn(model, *batch)
+            loss, logits = out if isinstance(out, tuple) else (out, None)
             loss.backward()
             if grad_hook is not None:
                 grad_hook(model)
             opt.step()
             step += 1
-            tot_loss += loss.item() * len(b)
+            n = len(batch[1])
+            tot_loss += loss.item() * n
+            seen += n
             if logits is not None:
-                tot_correct += (logits.argmax(1) == y).sum().item()
-            seen += len(b)
+                tot_correct += (logits.argmax(1) == batch[1]).sum().item()
+                seen_acc += n
         rec = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": tot_loss / seen,
-               "train_acc_running": tot_correct / seen}
+               "train_acc_running": tot_correct / seen_acc if seen_acc else None}
         if val_idx is not None and len(val_idx):
             rec["val_acc"] = accuracy(model, store, val_idx, autocast=autocast)
             if hist.best_val_acc is None or rec["val_acc"] > hist.best_val_acc:

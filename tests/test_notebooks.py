@@ -35,7 +35,7 @@ def test_smoke_pipeline_runs_every_notebook(smoke_run):
     run = manifest["run"]
     assert run["profile"] == "smoke" and [n["name"] for n in run["notebooks"]] == [Path(n).stem for n in names]
     assert all(n["status"] == "ok" and n["seconds"] > 0 for n in run["notebooks"])
-    for key in ("seed", "git_commit", "package_versions"):
+    for key in ("seed", "git_commit", "packages"):
         assert key in run, key
 
 
