@@ -114,16 +114,19 @@ class IndexSampler(Sampler):
     replace the true labels, e.g. random labels for the forget set."""
 
     def __init__(self, store, idx: torch.Tensor, batch_size: int, labels: torch.Tensor | None = None,
-                 augment: bool = False):
+                 augment: bool = False,
+                 relabel: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor] | None = None):
         self.store, self.idx, self.batch_size, self.augment = store, idx.to(store.device), batch_size, augment
         self.labels = store.labels if labels is None else labels.to(store.device)
+        self.relabel = relabel  # relabel(batch_indices, labels, generator) -> labels, drawn per batch
         self.steps_per_epoch = math.ceil(len(idx) / batch_size)
 
     def __call__(self, gen: torch.Generator) -> Iterator[tuple]:
         perm = self.idx[torch.randperm(len(self.idx), generator=gen).to(self.idx.device)]
         for s in range(0, len(perm), self.batch_size):
             b = perm[s:s + self.batch_size]
-            yield self.store.batch(b, augment=self.augment, generator=gen), self.labels[b]
+            y = self.labels[b] if self.relabel is None else self.relabel(b, self.labels[b], gen)
+            yield self.store.batch(b, augment=self.augment, generator=gen), y
 
 
 class PairedSampler(Sampler):
@@ -160,6 +163,8 @@ def fit(model: nn.Module, store, idx: "torch.Tensor | Sampler", *, epochs: int, 
         grad_hook: Callable[[nn.Module], None] | None = None,
         train_mode: Callable[[nn.Module], None] | None = None,
         checkpoint: str | Path | None = None,
+        epoch_start: Callable[[int, nn.Module], None] | None = None,
+        evaluate: Callable[[nn.Module], dict] | None = None,
         snapshot_epochs: Sequence[int] = (), on_snapshot: Callable[[int, nn.Module], None] | None = None,
         autocast: bool = False, channels_last: bool | None = None,
         progress: bool | None = None, desc: str = "train") -> History:
@@ -180,6 +185,8 @@ def fit(model: nn.Module, store, idx: "torch.Tensor | Sampler", *, epochs: int, 
       classifier-only fine-tuning keeps BatchNorm in eval mode through it.
     * ``val_idx`` + ``patience``: early stopping on validation accuracy; with ``restore_best`` the
       best-validation weights are loaded at the end (paper A's recipe).
+    * ``epoch_start(epoch, model)``: called before each epoch (e.g. the CMF head recomputes its
+      class means); ``evaluate(model) -> dict``: called after each epoch, merged into the history.
     * ``checkpoint``: a file written atomically after every epoch; if it exists when ``fit`` starts,
       training resumes from it (same results as an uninterrupted run).
     * ``channels_last``: NHWC memory format (default: on CUDA only; measured on the CPU it was ~20%
@@ -225,6 +232,8 @@ def fit(model: nn.Module, store, idx: "torch.Tensor | Sampler", *, epochs: int, 
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch + 1, epochs + 1):
         t0 = time.perf_counter()
+        if epoch_start is not None:
+            epoch_start(epoch, model)
         set_mode(model)
         tot_loss, tot_correct, seen, seen_acc = 0.0, 0, 0, 0
         for batch in sampler(gen):
@@ -258,6 +267,8 @@ def fit(model: nn.Module, store, idx: "torch.Tensor | Sampler", *, epochs: int, 
             else:
                 bad += 1
         rec["seconds"] = time.perf_counter() - t0
+        if evaluate is not None:
+            rec.update(evaluate(model))
         hist.epochs.append(rec)
         hist.seconds = time.perf_counter() - t_start
         if epoch in snaps and on_snapshot is not None:

@@ -1,0 +1,203 @@
+"""Machine-unlearning methods of paper A: one registry, one calling convention.
+
+    res = unlearn("salun", cfg, data, split, original_model)            # the paper's setting
+    res = unlearn("rl", cfg, data, split, original_model, classifier_only=True)
+    res.model, res.seconds, res.hp, res.info
+
+Methods (``METHODS``): retrain, ft, ga, neggrad_plus, rl, salun, l1_sparse, scrub, unsir, svd,
+boundary_shrink, boundary_expand. Each lives in the module of its family (``finetune``, ``ascent``,
+``scrub``, ``unsir``, ``svd``, ``boundary``) and runs through the project's one trainer.
+
+Hyper-parameters come from the profile (:data:`HPARAMS`: the paper's values under ``paper``, values tuned
+for Fashion-MNIST under ``quick``, tiny ones under ``smoke``) and can be overridden per call.
+Results are cached in ``data/results/unlearn-<method>-<hash>/`` under the hash of the original model,
+the method, its hyper-parameters, the forget set and the setting.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .. import artifacts, train
+from . import ascent, boundary, finetune, scrub, svd, unsir  # noqa: F401  (registers the methods)
+from .base import METHODS, Context, Method, register  # noqa: F401
+
+#: bump when a change to the methods changes what a cached result would be
+UNLEARN_VERSION = 1
+
+# Hyper-parameters per profile. Paper values (CIFAR-10, ResNet-18) from paper A's code and the SalUn /
+# l1-sparse code; quick values tuned on Fashion-MNIST (see notebook 21 for the measured outcome).
+_PAPER = {
+    "retrain": {"epochs": 10, "lr": 0.01},                       # epochs/lr used only classifier-only
+    "ft": {"epochs": 10, "lr": 0.01},
+    "ga": {"epochs": 5, "lr": 1e-4},
+    "neggrad_plus": {"epochs": 3, "lr": 1e-4, "clip": 1.0, "forget_weight": 1.0, "batch_size": 128,
+                     "forget_batch_size": 128},
+    "rl": {"epochs": 3, "lr": 1e-4},
+    "salun": {"epochs": 3, "lr": 1e-4, "sparsity": 0.5},
+    "l1_sparse": {"epochs": 10, "lr": 0.01, "alpha": 5e-4},
+    "scrub": {"epochs": 3, "lr": 1e-4, "max_epochs": 2, "temperature": 4.0, "gamma": 0.99, "alpha": 0.001,
+              "batch_size": 64, "forget_batch_size": 64},
+    "unsir": {"impair_epochs": 3, "repair_epochs": 3, "lr": 5e-5, "repair_lr": 5e-5, "noise_samples": 1024,
+              "noise_steps": 200, "noise_lr": 0.1, "noise_reg": 0.1, "noise_per_batch": 64,
+              "retain_per_class": 1000, "batch_size": 128},
+    "svd": {"alpha_r": 1000.0, "alpha_f": 30.0, "samples_per_class": 100, "patches_per_image": 16},
+    "boundary_shrink": {"epochs": 10, "lr": 1e-5, "eps": 0.1},
+    "boundary_expand": {"epochs": 10, "lr": 1e-5},
+}
+_QUICK = {
+    "retrain": {"epochs": 10, "lr": 0.01},
+    "ft": {"epochs": 5, "lr": 0.01},
+    "ga": {"epochs": 3, "lr": 1e-3},
+    "neggrad_plus": {"epochs": 3, "lr": 1e-2, "clip": 1.0, "forget_weight": 1.0, "batch_size": 128,
+                     "forget_batch_size": 128},
+    "rl": {"epochs": 3, "lr": 1e-2},
+    "salun": {"epochs": 3, "lr": 1e-2, "sparsity": 0.5},
+    "l1_sparse": {"epochs": 5, "lr": 0.01, "alpha": 5e-4},
+    "scrub": {"epochs": 3, "lr": 5e-3, "max_epochs": 2, "temperature": 4.0, "gamma": 0.99, "alpha": 0.001,
+              "batch_size": 64, "forget_batch_size": 64},
+    "unsir": {"impair_epochs": 1, "repair_epochs": 1, "lr": 1e-2, "repair_lr": 1e-2, "noise_samples": 256,
+              "noise_steps": 50, "noise_lr": 0.1, "noise_reg": 0.1, "noise_per_batch": 32,
+              "retain_per_class": 300, "batch_size": 128},
+    "svd": {"alpha_r": 1000.0, "alpha_f": 30.0, "samples_per_class": 100, "patches_per_image": 16},
+    "boundary_shrink": {"epochs": 5, "lr": 1e-3, "eps": 0.1},
+    "boundary_expand": {"epochs": 5, "lr": 1e-3},
+}
+_SMOKE = {m: {**hp, **({"epochs": 1} if "epochs" in hp else {})} for m, hp in _QUICK.items()}
+_SMOKE["unsir"] = {**_QUICK["unsir"], "noise_samples": 32, "noise_steps": 5, "retain_per_class": 30}
+_SMOKE["scrub"] = {**_QUICK["scrub"], "epochs": 2, "max_epochs": 1}
+_SMOKE["svd"] = {**_QUICK["svd"], "samples_per_class": 20, "patches_per_image": 4}
+HPARAMS: dict[str, dict[str, dict[str, Any]]] = {"paper": _PAPER, "quick": _QUICK, "smoke": _SMOKE}
+
+
+def method_hparams(profile: str, method: str, **overrides: Any) -> dict[str, Any]:
+    """The hyper-parameters of ``method`` under ``profile`` with ``overrides`` (None = keep), validated."""
+    if method not in METHODS:
+        raise ValueError(f"unknown unlearning method {method!r}; allowed: {sorted(METHODS)}")
+    if profile not in HPARAMS:
+        raise ValueError(f"unknown profile {profile!r}; allowed: {sorted(HPARAMS)}")
+    hp = dict(HPARAMS[profile][method])
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k not in hp and k not in ("weight_decay", "batch_size"):
+            raise ValueError(f"unknown hyper-parameter {k!r} for method {method!r}; allowed: {sorted(hp)}")
+        hp[k] = v
+    for k, v in hp.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"hyper-parameter {k}={v!r} of {method!r} must be a number")
+        if k in ("lr", "repair_lr", "noise_lr") and not v > 0:
+            raise ValueError(f"hyper-parameter {k}={v!r} of {method!r} must be > 0")
+        if v < 0:
+            raise ValueError(f"hyper-parameter {k}={v!r} of {method!r} must be >= 0")
+    if "sparsity" in hp and not 0 <= hp["sparsity"] < 1:
+        raise ValueError(f"hyper-parameter sparsity={hp['sparsity']!r} of {method!r} must be in [0, 1)")
+    return hp
+
+
+@dataclass
+class UnlearnResult:
+    """An unlearned model and how it was made."""
+    method: str
+    model: nn.Module
+    seconds: float
+    hp: dict
+    info: dict
+    classifier_only: bool
+    path: Any = None
+    cached: bool = False
+    history: list = field(default_factory=list)
+
+
+def prepare_classifier_only(model: nn.Module, zero_head: bool = True) -> None:
+    """Paper A's classifier-only setting: zero the last layer, freeze everything else (BatchNorm stays in
+    eval mode through :meth:`Context.train_mode`)."""
+    for p in model.encoder.parameters():
+        p.requires_grad_(False)
+    if zero_head:
+        with torch.no_grad():
+            for p in model.head.parameters():
+                p.zero_()
+
+
+def _eval_fn(data, split, autocast: bool):
+    def evaluate(model):
+        return {"retain_test_acc": train.accuracy(model, data.test, split.test_retain, autocast=autocast),
+                "forget_test_acc": train.accuracy(model, data.test, split.test_forget, autocast=autocast)}
+    return evaluate
+
+
+def unlearn(method: str, cfg, data, split, original: nn.Module, *, classifier_only: bool = False,
+            head: nn.Module | None = None, head_name: str = "linear", hparams: dict | None = None,
+            original_key: str | None = None, track: bool = True, cache: bool = True,
+            progress: bool | None = None) -> UnlearnResult:
+    """Run ``method`` on a copy of ``original`` and return the unlearned model.
+
+    * ``classifier_only``: zero the head, freeze the encoder, BatchNorm in eval mode, run the method on the
+      head alone (for the training-free SVD: project the head only).
+    * ``head``: a module that replaces ``model.head`` before unlearning (e.g. the CMF head); if it has a
+      method ``epoch_start(epoch, model)``, the trainer calls it before every epoch. ``head_name`` names it
+      in the cache key.
+    * ``track``: record retain/forget test accuracy after every epoch (in ``history``; not timed).
+    * ``original_key``: identifies the original model in the cache key (e.g. its results directory name);
+      without it results are not cached.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown unlearning method {method!r}; allowed: {sorted(METHODS)}")
+    if split.scenario == "class":
+        absent = [c for c in split.forget_classes if not 0 <= c < data.num_classes]
+        if absent:
+            raise ValueError(f"forget classes {absent} not in dataset {data.name!r}")
+    if len(split.forget) == 0:
+        raise ValueError("the forget set is empty: nothing to unlearn")
+    m = METHODS[method]
+    hp = method_hparams(cfg.profile, method, **(hparams or {}))
+    key = {"original": original_key, "method": method, "hp": hp, "scenario": split.scenario,
+           "forget_classes": list(split.forget_classes), "forget_n": int(len(split.forget)),
+           "classifier_only": classifier_only, "head": head_name, "seed": cfg.seed, "track": track,
+           "version": UNLEARN_VERSION}
+    path = artifacts.results_dir() / f"unlearn-{method}-{artifacts.config_hash(key)}" if (cache and original_key) else None
+    model = copy.deepcopy(original)
+    if head is not None:
+        model.head = head
+    if path is not None and (path / "model.pt").exists():
+        rec = artifacts.load_json(path / "result.json")
+        model.load_state_dict(artifacts.load_torch(path / "model.pt", map_location=data.train.device))
+        return UnlearnResult(method, model.eval(), rec["seconds"], hp, rec["info"], classifier_only, path, True,
+                             rec.get("history", []))
+    if classifier_only:
+        prepare_classifier_only(model, zero_head=not m.gradient_free)
+    evaluate = _eval_fn(data, split, cfg.autocast) if track else None
+    eval_seconds = [0.0]
+    if evaluate is not None:
+        inner = evaluate
+
+        def evaluate(mod):  # noqa: F811 - timed wrapper, so method times exclude evaluation
+            t = time.perf_counter()
+            out = inner(mod)
+            eval_seconds[0] += time.perf_counter() - t
+            return out
+    ctx = Context(model=model, original=copy.deepcopy(original).eval(), data=data, split=split, cfg=cfg, hp=hp,
+                  classifier_only=classifier_only, progress=progress, evaluate=evaluate,
+                  epoch_start=getattr(model.head, "epoch_start", None))
+    for p in ctx.original.parameters():
+        p.requires_grad_(False)
+    t0 = time.perf_counter()
+    info = m.run(ctx) or {}
+    seconds = time.perf_counter() - t0 - eval_seconds[0]
+    if method == "retrain" and not classifier_only:
+        seconds = info.get("retrain_seconds", seconds)  # the cost of retraining, even when it was cached
+    hist = info.pop("history", {}).get("epochs", [])
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    res = UnlearnResult(method, model, seconds, hp, info, classifier_only, path, False, hist)
+    if path is not None:
+        artifacts.save_json(path / "result.json", {"key": key, "seconds": seconds, "info": info, "history": hist})
+        artifacts.save_torch(path / "model.pt", model.state_dict())
+    return res

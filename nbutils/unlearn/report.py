@@ -1,0 +1,97 @@
+"""Tables and figures shared by the method notebooks (10–20) and the comparison notebook (21)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ..metrics.mia import mia_efficacy
+from ..metrics.output import output_metrics, per_class_accuracy
+
+#: columns of the output-level table: key -> (header, scale, format)
+COLUMNS = {
+    "retain_test": ("retain test acc (%)", 100, "{:.2f}"),
+    "forget_test": ("forget test acc (%)", 100, "{:.2f}"),
+    "mia_efficacy": ("MIA-efficacy (%)", 100, "{:.1f}"),
+    "UA": ("UA (%)", 100, "{:.2f}"),
+    "RA": ("RA (%)", 100, "{:.2f}"),
+    "TA": ("TA (%)", 100, "{:.2f}"),
+    "seconds": ("time (s)", 1, "{:.1f}"),
+    "time_ratio": ("time / retrain", 1, "{:.3f}"),
+}
+
+
+def evaluate_model(model, data, split, mia: bool = True, seed: int = 0) -> dict:
+    """Output metrics (paper A's retain/forget test accuracy, SalUn's UA/RA/TA for random forgetting) and,
+    if ``mia``, the MIA-efficacy of the forget set."""
+    row = output_metrics(model, data, split)
+    if mia:
+        row["mia_efficacy"] = mia_efficacy(model, data, split, seed=seed)["mia_efficacy"]
+    row["per_class"] = per_class_accuracy(model, data.test, split.test, data.num_classes)
+    return row
+
+
+def _cell(v, scale, fmt) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return fmt.format(v * scale)
+
+
+def markdown_table(rows: dict[str, dict], columns: Sequence[str]) -> str:
+    """Rows (name -> metrics) as a GitHub-markdown table with the headers of :data:`COLUMNS`."""
+    cols = [c for c in columns if any(c in r for r in rows.values())]
+    lines = ["| method | " + " | ".join(COLUMNS[c][0] for c in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(r.get(c), COLUMNS[c][1], COLUMNS[c][2]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def latex_table(rows: dict[str, dict], columns: Sequence[str], caption: str = "", label: str = "") -> str:
+    """The same table as LaTeX (booktabs)."""
+    cols = [c for c in columns if any(c in r for r in rows.values())]
+    esc = lambda s: s.replace("%", r"\%").replace("_", r"\_").replace("&", r"\&")  # noqa: E731
+    out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\toprule",
+           "method & " + " & ".join(esc(COLUMNS[c][0]) for c in cols) + r" \\", r"\midrule"]
+    for name, r in rows.items():
+        out.append(esc(name) + " & " + " & ".join(_cell(r.get(c), COLUMNS[c][1], COLUMNS[c][2]) for c in cols) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        out.append(r"\caption{" + esc(caption) + "}")
+    if label:
+        out.append(r"\label{" + label + "}")
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+def plot_method(title: str, rows: dict[str, dict], class_names: Sequence[str], forget_classes: Sequence[int],
+                history: list[dict] | None = None, reference: str = "retrain"):
+    """Left: per-class test accuracy of each row (forget classes shaded). Right: retain / forget test
+    accuracy after each epoch of the method, with the reference (retrained) model's values dashed."""
+    import matplotlib.pyplot as plt
+
+    ncols = 2 if history else 1
+    fig, axes = plt.subplots(1, ncols, figsize=(11 if history else 7, 3.4), squeeze=False)
+    ax = axes[0, 0]
+    k = len(class_names)
+    w = 0.8 / len(rows)
+    for i, (name, r) in enumerate(rows.items()):
+        ax.bar(np.arange(k) + (i - len(rows) / 2 + 0.5) * w, 100 * np.asarray(r["per_class"]), w, label=name)
+    for c in forget_classes:
+        ax.axvspan(c - 0.45, c + 0.45, color="tab:red", alpha=0.12, lw=0)
+    ax.set_xticks(range(k), class_names, rotation=30, ha="right")
+    ax.set(ylabel="test accuracy (%)", ylim=(0, 105), title="per-class test accuracy (forget class shaded)")
+    ax.legend(loc="lower left", fontsize=8)
+    if history:
+        ax = axes[0, 1]
+        ep = np.arange(1, len(history) + 1)
+        ax.plot(ep, [100 * h["retain_test_acc"] for h in history], marker="o", label="retain test")
+        ax.plot(ep, [100 * h["forget_test_acc"] for h in history], marker="s", label="forget test")
+        if reference in rows:
+            ax.axhline(100 * rows[reference]["retain_test"], color="C0", ls="--", lw=1, label=f"{reference}: retain")
+            ax.axhline(100 * rows[reference]["forget_test"], color="C1", ls="--", lw=1, label=f"{reference}: forget")
+        ax.set(xlabel="epoch of unlearning", ylabel="accuracy (%)", ylim=(-2, 102), title="during unlearning")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig
