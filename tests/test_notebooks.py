@@ -42,11 +42,28 @@ def test_smoke_pipeline_runs_every_notebook(smoke_run):
 def test_smoke_pipeline_writes_the_figures(smoke_run):
     tmp, _ = smoke_run
     figs = json.loads((tmp / "figures" / "manifest.json").read_text())["figures"]
-    for name in ("A_data_samples", "A_data_counts", "A_train_curves", "A_nc_over_training"):
+    from nbutils import unlearn
+
+    names = ["A_data_samples", "A_data_counts", "A_train_curves", "A_nc_over_training", "A_methods_output"]
+    names += [f"A_unlearn_{m}" for m in unlearn.METHODS]
+    for name in names:
         assert name in figs, name
         assert (tmp / "figures" / f"{name}.png").stat().st_size > 1000
         assert (tmp / "figures" / f"{name}.pdf").exists()
         assert figs[name]["profile"] == "smoke"
+    for ext in ("md", "tex"):
+        table = (tmp / "figures" / f"A_table_methods_output.{ext}").read_text()
+        assert "SalUn" in table and "forget test acc" in table
+
+
+def test_methods_table_has_every_method(smoke_run):
+    tmp, _ = smoke_run
+    (rows,) = (tmp / "results").glob("original-*/methods_output.json")
+    rows = json.loads(rows.read_text())
+    from nbutils import unlearn
+
+    assert {r["method"] for k, r in rows.items() if k != "original"} == set(unlearn.METHODS)
+    assert rows["Retrain (oracle)"]["forget_test"] <= 0.05 and rows["Retrain (oracle)"]["time_ratio"] == 1.0
 
 
 def test_nc_over_training_numbers_recorded(smoke_run):

@@ -68,7 +68,8 @@ def test_classifier_only_touches_only_the_head(setup, method):
             continue
         assert torch.equal(o[k], n[k]), k  # weights and BatchNorm running statistics alike
     assert not torch.equal(o["head.weight"], n["head.weight"])
-    assert output_metrics(r.model, ds, sp)["forget_test"] <= 0.2
+    if method != "svd":  # a projection of the head alone is not expected to forget (notebook 19, exercise 2)
+        assert output_metrics(r.model, ds, sp)["forget_test"] <= 0.2
 
 
 def test_svd_takes_no_gradient_step(setup, monkeypatch):

@@ -31,7 +31,12 @@ from .base import METHODS, Context, Method, register  # noqa: F401
 UNLEARN_VERSION = 1
 
 # Hyper-parameters per profile. Paper values (CIFAR-10, ResNet-18) from paper A's code and the SalUn /
-# l1-sparse code; quick values tuned on Fashion-MNIST (see notebook 21 for the measured outcome).
+# l1-sparse code. Quick values were tuned on Fashion-MNIST (forget class 0, seed 0) for forget test
+# accuracy <= 5% with retain test accuracy within 5 points of the original, where a setting could reach
+# it: measured, RL/SalUn at lr 1e-2, NegGrad+ and SCRUB at lr 1e-3 (at 1e-2 / 5e-3 they lost 40-55
+# points of retain accuracy). GA cannot: along its trajectory forget accuracy reaches 2.8% only when
+# retain accuracy is already 10 points down (lr 2e-4, epoch 4); notebook 21 reports it as not meeting
+# the bar. The Boundary methods lose retain accuracy after ~3 epochs (shrink: 85.2% / 1.0% at epoch 3).
 _PAPER = {
     "retrain": {"epochs": 10, "lr": 0.01},                       # epochs/lr used only classifier-only
     "ft": {"epochs": 10, "lr": 0.01},
@@ -53,23 +58,24 @@ _PAPER = {
 _QUICK = {
     "retrain": {"epochs": 10, "lr": 0.01},
     "ft": {"epochs": 5, "lr": 0.01},
-    "ga": {"epochs": 3, "lr": 1e-3},
-    "neggrad_plus": {"epochs": 3, "lr": 1e-2, "clip": 1.0, "forget_weight": 1.0, "batch_size": 128,
+    "ga": {"epochs": 4, "lr": 2e-4},
+    "neggrad_plus": {"epochs": 3, "lr": 1e-3, "clip": 1.0, "forget_weight": 1.0, "batch_size": 128,
                      "forget_batch_size": 128},
     "rl": {"epochs": 3, "lr": 1e-2},
     "salun": {"epochs": 3, "lr": 1e-2, "sparsity": 0.5},
     "l1_sparse": {"epochs": 5, "lr": 0.01, "alpha": 5e-4},
-    "scrub": {"epochs": 3, "lr": 5e-3, "max_epochs": 2, "temperature": 4.0, "gamma": 0.99, "alpha": 0.001,
+    "scrub": {"epochs": 3, "lr": 1e-3, "max_epochs": 2, "temperature": 4.0, "gamma": 0.99, "alpha": 0.001,
               "batch_size": 64, "forget_batch_size": 64},
     "unsir": {"impair_epochs": 1, "repair_epochs": 1, "lr": 1e-2, "repair_lr": 1e-2, "noise_samples": 256,
               "noise_steps": 50, "noise_lr": 0.1, "noise_reg": 0.1, "noise_per_batch": 32,
               "retain_per_class": 300, "batch_size": 128},
     "svd": {"alpha_r": 1000.0, "alpha_f": 30.0, "samples_per_class": 100, "patches_per_image": 16},
-    "boundary_shrink": {"epochs": 5, "lr": 1e-3, "eps": 0.1},
-    "boundary_expand": {"epochs": 5, "lr": 1e-3},
+    "boundary_shrink": {"epochs": 3, "lr": 1e-3, "eps": 0.1},
+    "boundary_expand": {"epochs": 3, "lr": 1e-3},
 }
 _SMOKE = {m: {**hp, **({"epochs": 1} if "epochs" in hp else {})} for m, hp in _QUICK.items()}
-_SMOKE["unsir"] = {**_QUICK["unsir"], "noise_samples": 32, "noise_steps": 5, "retain_per_class": 30}
+_SMOKE["unsir"] = {**_QUICK["unsir"], "noise_samples": 64, "noise_steps": 20, "retain_per_class": 100,
+                   "impair_epochs": 3, "lr": 0.05}
 _SMOKE["scrub"] = {**_QUICK["scrub"], "epochs": 2, "max_epochs": 1}
 _SMOKE["svd"] = {**_QUICK["svd"], "samples_per_class": 20, "patches_per_image": 4}
 HPARAMS: dict[str, dict[str, dict[str, Any]]] = {"paper": _PAPER, "quick": _QUICK, "smoke": _SMOKE}

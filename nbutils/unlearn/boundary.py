@@ -54,18 +54,35 @@ def boundary_expand(ctx: Context) -> dict:
         raise ValueError("boundary_expand needs a linear head")
     K = head.out_features
     wide = nn.Linear(head.in_features, K + 1, bias=head.bias is not None).to(head.weight.device)
+    gen = torch.Generator().manual_seed(ctx.cfg.seed)
+    bound = 1 / head.in_features ** 0.5  # nn.Linear's default range, drawn from the run's seed
     with torch.no_grad():
         wide.weight[:K] = head.weight
+        wide.weight[K] = ((torch.rand(head.in_features, generator=gen) * 2 - 1) * bound).to(wide.weight)
         if head.bias is not None:
             wide.bias[:K] = head.bias
+            wide.bias[K] = 0.0
     wide.weight.requires_grad_(head.weight.requires_grad)
     if wide.bias is not None:
         wide.bias.requires_grad_(head.bias.requires_grad)
     ctx.model.head = wide
     labels = ctx.data.train.labels.clone()
     labels[ctx.split.forget] = K
+
+    def evaluate_pruned(model):  # what the model will be once the shadow output is dropped
+        with torch.no_grad():
+            head.weight.copy_(wide.weight[:K])
+            if head.bias is not None:
+                head.bias.copy_(wide.bias[:K])
+        model.head = head
+        try:
+            return ctx.evaluate(model)
+        finally:
+            model.head = wide
+
     try:
-        h = ctx.fit(ctx.split.forget, epochs=ctx.hp["epochs"], lr=ctx.hp["lr"], labels=labels, desc="Boundary Expand")
+        h = ctx.fit(ctx.split.forget, epochs=ctx.hp["epochs"], lr=ctx.hp["lr"], labels=labels, desc="Boundary Expand",
+                    evaluate=evaluate_pruned if ctx.evaluate is not None else None)
     finally:
         with torch.no_grad():
             head.weight.copy_(wide.weight[:K])

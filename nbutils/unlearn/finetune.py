@@ -47,8 +47,9 @@ def random_labels(ctx: Context) -> dict:
 def saliency_mask(model: nn.Module, store, forget_idx: torch.Tensor, params: list[nn.Parameter],
                   sparsity: float = 0.5, batch_size: int = 256) -> dict[nn.Parameter, torch.Tensor]:
     """SalUn's weight saliency (Fan et al. 2024, eq. 5): m = 1[|∇_θ CE(θ; D_f)| ≥ γ], with γ the global
-    ``sparsity`` quantile of |∇| over all ``params`` (0.5 keeps the top 50%). Computed once, on the
-    original model, in eval mode."""
+    ``sparsity`` quantile of |∇| over all ``params`` (0.5 keeps the top 50%, exactly: ties at the threshold,
+    e.g. the zero gradients of dead units, are broken by ``torch.topk``). Computed once, on the original
+    model, in eval mode."""
     was = model.training
     model.eval()
     grads = [torch.zeros_like(p) for p in params]
@@ -60,9 +61,15 @@ def saliency_mask(model: nn.Module, store, forget_idx: torch.Tensor, params: lis
                 g += gp
     model.train(was)
     flat = torch.cat([g.abs().flatten() for g in grads])
-    k = int(round(sparsity * flat.numel()))
-    thresh = torch.kthvalue(flat.cpu(), max(1, k)).values.item() if k > 0 else -1.0
-    return {p: (g.abs() > thresh) if k > 0 else torch.ones_like(g, dtype=torch.bool) for p, g in zip(params, grads)}
+    keep = flat.numel() - int(round(sparsity * flat.numel()))
+    # exactly the top ``keep`` entries (a threshold would keep more or fewer when many gradients tie at 0)
+    chosen = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    chosen[torch.topk(flat, keep, sorted=False).indices] = True
+    masks, start = {}, 0
+    for p, g in zip(params, grads):
+        masks[p] = chosen[start:start + g.numel()].view_as(g)
+        start += g.numel()
+    return masks
 
 
 def masked_update_hook(mask: dict[nn.Parameter, torch.Tensor], weight_decay: float):

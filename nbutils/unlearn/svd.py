@@ -1,6 +1,7 @@
 """Training-free class forgetting by projection (Kodge, Saha & Roy, TMLR 2024, "Deep Unlearning")."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -48,11 +49,23 @@ def input_gram(model: nn.Module, store, idx: torch.Tensor, names: list[str], per
     return grams
 
 
+def _eigh(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric eigendecomposition that survives dead units: torch's syevd was seen to fail to converge on
+    Gram matrices whose rows are mostly exact zeros (dead ReLU channels); LAPACK through numpy handles them."""
+    scale = g.diagonal().max().clamp_min(1e-300)
+    try:
+        evals, U = torch.linalg.eigh(g / scale)
+    except RuntimeError:  # torch.linalg.LinAlgError
+        e, u = np.linalg.eigh((g / scale).cpu().numpy())
+        evals, U = torch.from_numpy(e).to(g), torch.from_numpy(u).to(g)
+    return evals * scale, U
+
+
 def scaled_projector(gram: torch.Tensor, alpha: float) -> torch.Tensor:
     """M = U diag(α r / ((α − 1) r + 1)) Uᵀ with r_i = σ_i² / Σσ² the normalised variance of each singular
     direction of the activations (eigen-decomposition of their Gram matrix): Kodge et al.'s scaled
     importance, which goes to the plain projector UUᵀ as α → ∞."""
-    evals, U = torch.linalg.eigh(gram)
+    evals, U = _eigh(gram)
     r = evals.clamp_min(0) / evals.clamp_min(0).sum().clamp_min(1e-300)
     imp = alpha * r / ((alpha - 1) * r + 1)
     return (U * imp) @ U.T
