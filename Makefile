@@ -43,7 +43,7 @@ test: setup
 	$(PY) -m pytest
 
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 bench: setup
 	$(PY) benchmarks/foundation.py
