@@ -5,21 +5,18 @@ Run:  python benchmarks/nc_bench.py  [--N 50000 --D 512 --K 10 --seed 0]
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import best_of  # noqa: E402
 
 from nbutils.metrics.nc import nc1, nc1_pinv_reference, nc_metrics
 
 
-def _best_of(fn, repeats: int = 3):
-    """Return (best wall time in seconds over `repeats` runs, last result)."""
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def make_data(N: int = 50000, D: int = 512, K: int = 10, seed: int = 0, noise: float = 0.3):
@@ -37,9 +34,9 @@ def make_data(N: int = 50000, D: int = 512, K: int = 10, seed: int = 0, noise: f
 def bench_nc(N: int = 50000, D: int = 512, K: int = 10, seed: int = 0) -> dict:
     """Time nc1 (SVD path) vs nc1_pinv_reference and the full nc_metrics call (best of 3 each)."""
     H, y, W, logits = make_data(N, D, K, seed)
-    t_fast, v_fast = _best_of(lambda: nc1(H, y, K))
-    t_ref, v_ref = _best_of(lambda: nc1_pinv_reference(H, y, K))
-    t_all, metrics = _best_of(lambda: nc_metrics(H, y, W=W, logits=logits, num_classes=K))
+    t_fast, v_fast = best_of(lambda: nc1(H, y, K))
+    t_ref, v_ref = best_of(lambda: nc1_pinv_reference(H, y, K))
+    t_all, metrics = best_of(lambda: nc_metrics(H, y, W=W, logits=logits, num_classes=K))
     rel = abs(v_fast - v_ref) / abs(v_ref) if v_ref != 0 else abs(v_fast - v_ref)
     return {
         "N": N, "D": D, "K": K, "seed": seed, "torch_threads": torch.get_num_threads(),

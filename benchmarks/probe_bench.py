@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import best_of  # noqa: E402
+
 from nbutils.metrics.probe import logistic_probe, ncc_accuracy, probe_accuracy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,13 +67,6 @@ def _warm_up(D: int, K: int) -> None:
     probe_accuracy(X, y, X, y, (0,), K, method="sgd", epochs=1)
 
 
-def _best_of(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def compare(Xtr, ytr, Xte, yte, forget_classes, K: int, repeats: int = 3, seed: int = 0) -> dict:
@@ -78,11 +74,11 @@ def compare(Xtr, ytr, Xte, yte, forget_classes, K: int, repeats: int = 3, seed: 
     _warm_up(Xtr.shape[1], K)
     out = {}
     for method in ("ridge", "logistic", "sgd"):
-        t, r = _best_of(lambda: probe_accuracy(Xtr, ytr, Xte, yte, forget_classes, K, method=method,
+        t, r = best_of(lambda: probe_accuracy(Xtr, ytr, Xte, yte, forget_classes, K, method=method,
                                                seed=seed), repeats)
         r["wall_s"] = t
         out[method] = r
-    t, r = _best_of(lambda: ncc_accuracy(Xtr, ytr, Xte, yte, forget_classes, K), repeats)
+    t, r = best_of(lambda: ncc_accuracy(Xtr, ytr, Xte, yte, forget_classes, K), repeats)
     r["wall_s"] = t
     out["ncc"] = r
     out["ratio"] = out["sgd"]["wall_s"] / (out["ridge"]["wall_s"] + out["logistic"]["wall_s"])

@@ -27,3 +27,12 @@ def digits(smoke_cfg):
     from nbutils import data
 
     return data.load_image_data(smoke_cfg)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny matrices: one intra-op thread avoids OpenMP contention on a busy 2-core machine."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -26,13 +26,7 @@ from nbutils.metrics.nrc import (
 
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The matrices here are tiny: one intra-op thread avoids OpenMP contention on busy machines."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _orthonormal_rows(rng, k, d):
