@@ -65,13 +65,13 @@ _PAPER = {
 }
 _QUICK = {
     "retrain": {"epochs": 10, "lr": 0.01},
-    "ft": {"epochs": 5, "lr": 0.01},
+    "ft": {"epochs": 3, "lr": 0.01},
     "ga": {"epochs": 4, "lr": 2e-4},
     "neggrad_plus": {"epochs": 3, "lr": 1e-3, "clip": 1.0, "forget_weight": 1.0, "batch_size": 128,
                      "forget_batch_size": 128},
     "rl": {"epochs": 3, "lr": 1e-2},
     "salun": {"epochs": 3, "lr": 1e-2, "sparsity": 0.5},
-    "l1_sparse": {"epochs": 5, "lr": 0.01, "alpha": 5e-4},
+    "l1_sparse": {"epochs": 3, "lr": 0.01, "alpha": 5e-4},
     "scrub": {"epochs": 3, "lr": 1e-3, "max_epochs": 2, "temperature": 4.0, "gamma": 0.99, "alpha": 0.001,
               "batch_size": 64, "forget_batch_size": 64},
     "unsir": {"impair_epochs": 1, "repair_epochs": 1, "lr": 1e-2, "repair_lr": 1e-2, "noise_samples": 256,

@@ -6,8 +6,11 @@ from typing import Sequence
 
 import numpy as np
 
+from pathlib import Path
+
+from .. import artifacts
 from ..metrics.mia import mia_efficacy
-from ..metrics.output import output_metrics, per_class_accuracy
+from ..metrics.output import output_metrics
 
 #: columns of the output-level table: key -> (header, scale, format)
 COLUMNS = {
@@ -22,14 +25,27 @@ COLUMNS = {
 }
 
 
-def evaluate_model(model, data, split, mia: bool = True, seed: int = 0) -> dict:
-    """Output metrics (paper A's retain/forget test accuracy, SalUn's UA/RA/TA for random forgetting) and,
-    if ``mia``, the MIA-efficacy of the forget set."""
+def evaluate_model(model, data, split, mia: bool = True, seed: int = 0, cache: str | Path | None = None) -> dict:
+    """Output metrics (paper A's retain/forget test accuracy, per-class test accuracy, SalUn's UA/RA/TA for
+    random forgetting) and, if ``mia``, the MIA-efficacy of the forget set.
+
+    ``cache``: a JSON file (e.g. in the model's results directory, named after the split) that holds the
+    row once computed, so that the eleven method notebooks evaluate the original and retrained models once.
+    """
+    if cache is not None and Path(cache).exists():
+        return artifacts.load_json(cache)
     row = output_metrics(model, data, split)
     if mia:
         row["mia_efficacy"] = mia_efficacy(model, data, split, seed=seed)["mia_efficacy"]
-    row["per_class"] = per_class_accuracy(model, data.test, split.test, data.num_classes)
+    if cache is not None:
+        artifacts.save_json(cache, row)
     return row
+
+
+def split_tag(split) -> str:
+    """A short name of a split, for file names of cached evaluations."""
+    what = "random" if split.scenario == "random" else "forget" + "-".join(map(str, split.forget_classes))
+    return f"{what}-seed{split.info.get('seed', 0)}"
 
 
 def _cell(v, scale, fmt) -> str:
