@@ -9,7 +9,7 @@ per-epoch evaluation). A method only contributes its loss, its data view and its
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -51,8 +51,6 @@ class Context:
     progress: bool | None = None
     evaluate: Callable[[nn.Module], dict] | None = None
     epoch_start: Callable[[int, nn.Module], None] | None = None
-    steps: int = 0
-    log: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
