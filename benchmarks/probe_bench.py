@@ -161,6 +161,9 @@ def report(r: dict) -> None:
               f"forget {x['forget_test']:.4f}  val {val}{hp}")
     print(f"SGD time / (ridge + logistic) : {r['ratio']:.2f} x")
     if "extract_s" in s:
+        total = s["extract_s"] + r["ridge"]["wall_s"] + r["logistic"]["wall_s"]
+        print(f"probing one model end to end (extract train + test, ridge path, logistic): {total:.2f} s "
+              f"(issue #4 target: < 10 s on 2 cores)")
         print(f"(an SGD probe that re-runs the frozen backbone every epoch would also pay ~20 x "
               f"{s['extract_s'] / (s['N'] + s['n_test']) * s['N']:.2f} s of train-set forward passes)")
 

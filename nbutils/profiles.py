@@ -74,6 +74,10 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], str | None], str]] = {
     "patience": ((int,), _pos, "early stopping: epochs without validation improvement"),
     "n_snapshots": ((int,), _nonneg, "log-spaced training snapshots kept for the NC-over-training figure"),
     "eval_batch_size": ((int,), _pos, "batch size of feature extraction"),
+    # looking inside (notebooks 22-24)
+    "tsne_per_class": ((int,), _pos, "test images per class in each t-SNE panel"),
+    "relearn_steps": ((int,), _pos, "optimiser steps of the relearning fine-tune (learning rate: lr)"),
+    "relearn_forget": ((int,), _nonneg, "forget-set images in every relearning batch (0 = retain only)"),
     # run
     "seed": ((int,), _nonneg, "random seed"),
     "device": ((str,), lambda v: _check_device(v), "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
@@ -85,19 +89,22 @@ _BASE = dict(
     scenario="class", forget_classes=[0], forget_fraction=0.1,
     arch="resnet18", momentum=0.9, weight_decay=5e-4, min_lr=1e-5,
     seed=0, device="auto", precision="auto", eval_batch_size=1000,
+    tsne_per_class=50, relearn_steps=20, relearn_forget=10,
 )
 
 PROFILES: dict[str, dict[str, Any]] = {
     # every notebook runs: the test suite's profile (whole pipeline within minutes on 2 cores)
     "smoke": {**_BASE, "dataset": "digits", "width": 4, "epochs": 3, "retrain_epochs": 3, "batch_size": 64, "lr": 0.05,
-              "warmup_epochs": 1, "patience": 50, "n_snapshots": 3, "eval_batch_size": 512},
+              "warmup_epochs": 1, "patience": 50, "n_snapshots": 3, "eval_batch_size": 512,
+              "tsne_per_class": 10, "relearn_steps": 4, "relearn_forget": 4},
     # readers and courses: real data (Fashion-MNIST), reduced width, the phenomena visible on a laptop
     "quick": {**_BASE, "dataset": "fashion_mnist", "n_train": 12000, "n_test": 5000, "width": 8,
               "epochs": 24, "retrain_epochs": 16, "batch_size": 128, "lr": 0.05, "warmup_epochs": 2, "patience": 25,
               "n_snapshots": 12},
     # full reproduction (GPU): paper A's CIFAR-10 ResNet-18 recipe
     "paper": {**_BASE, "dataset": "cifar10", "width": 64, "epochs": 300, "retrain_epochs": 200, "batch_size": 128, "lr": 0.01,
-              "warmup_epochs": 5, "patience": 50, "augment": True, "n_snapshots": 12},
+              "warmup_epochs": 5, "patience": 50, "augment": True, "n_snapshots": 12,
+              "tsne_per_class": 100, "relearn_steps": 100},
 }
 DEFAULT_PROFILE = "quick"
 

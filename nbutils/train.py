@@ -166,6 +166,7 @@ def fit(model: nn.Module, store, idx: "torch.Tensor | Sampler", *, epochs: int, 
         epoch_start: Callable[[int, nn.Module], None] | None = None,
         evaluate: Callable[[nn.Module], dict] | None = None,
         snapshot_epochs: Sequence[int] = (), on_snapshot: Callable[[int, nn.Module], None] | None = None,
+        on_step: Callable[[int, nn.Module], None] | None = None,
         autocast: bool = False, channels_last: bool | None = None,
         progress: bool | None = None, desc: str = "train") -> History:
     """Train ``model`` in place on ``store[idx]`` and return its :class:`History`.
@@ -193,6 +194,10 @@ def fit(model: nn.Module, store, idx: "torch.Tensor | Sampler", *, epochs: int, 
       faster but not deterministic from run to run, and same-seed reproducibility comes first).
     * ``snapshot_epochs``: epochs (0 = before training) at which ``on_snapshot(epoch, model)`` is
       called, e.g. to keep weights for the neural-collapse-over-training figure.
+    * ``on_step(step, model)``: called after every optimiser step (``step`` counts from 1 across
+      epochs) and once with ``step=0`` before the first step of a fresh run: curves *during*
+      training (forget accuracy vs iteration, the classifier-only weight trajectory). It must leave
+      the model's train/eval mode as it found it (:func:`nbutils.models.extract` does).
     """
     if epochs < 0 or lr <= 0 or batch_size <= 0:
         raise ValueError(f"need epochs >= 0, lr > 0, batch_size > 0; got {epochs}, {lr}, {batch_size}")
@@ -222,8 +227,11 @@ def fit(model: nn.Module, store, idx: "torch.Tensor | Sampler", *, epochs: int, 
         gen.set_state(st["gen"])
         hist = History.from_dict(st["history"])
         best_state, bad, start_epoch = st["best_state"], st["bad"], st["epoch"]
-    elif 0 in snaps and on_snapshot is not None:
-        on_snapshot(0, model)
+    else:
+        if 0 in snaps and on_snapshot is not None:
+            on_snapshot(0, model)
+        if on_step is not None:
+            on_step(0, model)
 
     set_mode = train_mode or (lambda m: m.train())
     show = progress_enabled(progress)
@@ -250,6 +258,8 @@ def fit(model: nn.Module, store, idx: "torch.Tensor | Sampler", *, epochs: int, 
                 grad_hook(model)
             opt.step()
             step += 1
+            if on_step is not None:
+                on_step(step, model)
             n = len(batch[1])
             tot_loss += loss.item() * n
             seen += n

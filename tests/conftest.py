@@ -36,3 +36,19 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
+
+
+@pytest.fixture(scope="module")
+def smoke_original(tmp_path_factory):
+    """``(cfg, data, split, original)`` under smoke, forget class 3: the trained original model that the
+    unlearning, looking-inside and CMF tests start from (trained once per test module)."""
+    from nbutils import data, profiles, train
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NBUTILS_RESULTS", str(tmp_path_factory.mktemp("results")))
+    cfg = profiles.resolve("smoke", device="cpu", forget_classes=[3])
+    ds = data.load_image_data(cfg)
+    sp = data.make_split(ds, forget_classes=[3], seed=0)
+    orig = train.train_classifier(cfg, ds, sp)
+    yield cfg, ds, sp, orig
+    mp.undo()

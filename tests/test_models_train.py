@@ -113,3 +113,31 @@ def test_train_classifier_caches_and_snapshots(smoke_cfg, digits):
     assert r.path != a.path and r.snapshots == []
     assert train.accuracy(r.model, digits.test, sp.test_forget) < 0.2  # never saw the forget class
     assert np.isnan(train.accuracy(r.model, digits.test, sp.test_forget[:0]))
+
+
+def test_extract_with_folded_batchnorm_matches_the_model_and_leaves_it_unchanged():
+    from nbutils import data, models, profiles
+
+    cfg = profiles.resolve("smoke", device="cpu")
+    ds = data.load_image_data(cfg)
+    torch.manual_seed(0)
+    m = models.build_model("resnet18", ds.num_classes, width=4, in_channels=cfg.in_channels)
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.2, 0.2)
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    idx = torch.arange(64)
+    layers = ("encoder.stem", "encoder.layer2.0", "encoder")
+    a = models.extract(m, ds.train, idx, layers=layers, fuse=True)
+    b = models.extract(m, ds.train, idx, layers=layers, fuse=False)
+    for k in layers + ("logits",):
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k
+    assert m.training and all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    f = models.fuse_for_eval(m)
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in f.modules())
+    assert {n for n, _ in f.named_modules()} == {n for n, _ in m.named_modules()}

@@ -44,7 +44,9 @@ def test_smoke_pipeline_writes_the_figures(smoke_run):
     figs = json.loads((tmp / "figures" / "manifest.json").read_text())["figures"]
     from nbutils import unlearn
 
-    names = ["A_data_samples", "A_data_counts", "A_train_curves", "A_nc_over_training", "A_methods_output"]
+    names = ["A_data_samples", "A_data_counts", "A_train_curves", "A_nc_over_training", "A_methods_output",
+             "A_inside_heads", "A_alignment", "A_layerwise_probe", "A_tsne", "A_relearning", "A_classifier_only",
+             "A_forget_vs_iteration_rl", "A_cmf_classifier", "A_cmf_forget_vs_iteration"]
     names += [f"A_unlearn_{m}" for m in unlearn.METHODS]
     for name in names:
         assert name in figs, name
@@ -54,6 +56,30 @@ def test_smoke_pipeline_writes_the_figures(smoke_run):
     for ext in ("md", "tex"):
         table = (tmp / "figures" / f"A_table_methods_output.{ext}").read_text()
         assert "SalUn" in table and "forget test acc" in table
+
+
+def test_inside_tables_and_claims_report(smoke_run):
+    tmp, _ = smoke_run
+    from nbutils import unlearn
+    from nbutils.unlearn.report import COLUMNS
+
+    for table, headers in (("A_table_inside", ["out_forget", "lp_forget", "ncc_forget"]),
+                           ("A_table_nc_after_unlearning", ["nc1", "nc4"]),
+                           ("A_table_relearning", ["relearn_final"]), ("A_table_classifier_only", ["forget_test"]),
+                           ("A_table_cmf", ["out_forget", "lp_forget", "ncc_forget"])):
+        for ext in ("md", "tex"):
+            text = (tmp / "figures" / f"{table}.{ext}").read_text()
+            assert all(COLUMNS[h][0].replace("%", "\\%" if ext == "tex" else "%") in text for h in headers), (table, ext)
+    inside = (tmp / "figures" / "A_table_inside.md").read_text()
+    assert all(unlearn.METHODS[m].title in inside for m in unlearn.METHODS) and "| original |" in inside
+    report = json.loads((tmp / "figures" / "claims.json").read_text())
+    assert {"A1", "A1r", "A1b", "A2", "A3", "A4"} <= set(report)
+    cmf = (tmp / "figures" / "A_table_cmf.md").read_text()
+    assert all(f"{unlearn.METHODS[m].title} + CMF" in cmf for m in ("rl", "salun", "neggrad_plus", "scrub", "unsir"))
+    for e in report.values():
+        assert e["held"] in (True, False, None) and e["measured"] and e["criterion"]
+    md = (tmp / "figures" / "claims.md").read_text()
+    assert "B1 | not measured in this run" in md
 
 
 def test_methods_table_has_every_method(smoke_run):

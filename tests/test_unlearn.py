@@ -3,7 +3,7 @@ the paper's methods rely on (SalUn's mask, classifier-only, SVD without gradient
 import pytest
 import torch
 
-from nbutils import data, profiles, train, unlearn
+from nbutils import data, train, unlearn
 from nbutils.metrics.mia import mia_efficacy
 from nbutils.metrics.output import output_metrics
 from nbutils.unlearn.base import random_relabeler
@@ -11,15 +11,8 @@ from nbutils.unlearn.finetune import saliency_mask
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("NBUTILS_RESULTS", str(tmp_path_factory.mktemp("results")))
-    cfg = profiles.resolve("smoke", device="cpu", forget_classes=[3])
-    ds = data.load_image_data(cfg)
-    sp = data.make_split(ds, forget_classes=[3], seed=0)
-    orig = train.train_classifier(cfg, ds, sp)
-    yield cfg, ds, sp, orig
-    mp.undo()
+def setup(smoke_original):
+    return smoke_original
 
 
 def _same(a, b):

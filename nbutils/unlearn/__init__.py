@@ -64,7 +64,7 @@ _PAPER = {
     "boundary_expand": {"epochs": 10, "lr": 1e-5},
 }
 _QUICK = {
-    "retrain": {"epochs": 10, "lr": 0.01},
+    "retrain": {"epochs": 3, "lr": 0.01},                        # classifier-only head training only
     "ft": {"epochs": 3, "lr": 0.01},
     "ga": {"epochs": 4, "lr": 2e-4},
     "neggrad_plus": {"epochs": 3, "lr": 1e-3, "clip": 1.0, "forget_weight": 1.0, "batch_size": 128,
@@ -126,6 +126,7 @@ class UnlearnResult:
     path: Any = None
     cached: bool = False
     history: list = field(default_factory=list)
+    records: Any = None
 
 
 def prepare_classifier_only(model: nn.Module, zero_head: bool = True) -> None:
@@ -149,17 +150,24 @@ def _eval_fn(data, split, autocast: bool):
 def unlearn(method: str, cfg, data, split, original: nn.Module, *, classifier_only: bool = False,
             head: nn.Module | None = None, head_name: str = "linear", hparams: dict | None = None,
             original_key: str | None = None, track: bool = True, cache: bool = True,
-            progress: bool | None = None) -> UnlearnResult:
+            on_step=None, record: str | None = None, progress: bool | None = None) -> UnlearnResult:
     """Run ``method`` on a copy of ``original`` and return the unlearned model.
 
     * ``classifier_only``: zero the head, freeze the encoder, BatchNorm in eval mode, run the method on the
       head alone (for the training-free SVD: project the head only).
-    * ``head``: a module that replaces ``model.head`` before unlearning (e.g. the CMF head); if it has a
-      method ``epoch_start(epoch, model)``, the trainer calls it before every epoch. ``head_name`` names it
-      in the cache key.
+    * ``head``: a module that replaces ``model.head`` before unlearning (e.g. the CMF head); if the model's
+      head has a method ``epoch_start(epoch, model)``, the trainer calls it before every epoch, and
+      ``finish(model)`` after the method (:class:`nbutils.cmf.CMFHead` recomputes its class means in both).
+      ``head_name`` names the head in the cache key (``"cmf"`` for a model that already carries a CMF head).
     * ``track``: record retain/forget test accuracy after every epoch (in ``history``; not timed).
     * ``original_key``: identifies the original model in the cache key (e.g. its results directory name);
       without it results are not cached.
+    * ``on_step(step, model)``: called before the first and after every optimiser step of the method
+      (curves during unlearning, :mod:`nbutils.unlearn.inside`); if it has a ``finish(model)`` method,
+      that is called once after the method. Its time is not counted in ``seconds``. With ``record`` (a
+      file name), the callback's ``records`` attribute is saved in the result directory and returned in
+      ``res.records``; a cached result is loaded only if that file exists too (the callback must not
+      change the model), otherwise the method runs again.
     """
     if method not in METHODS:
         raise ValueError(f"unknown unlearning method {method!r}; allowed: {sorted(METHODS)}")
@@ -179,11 +187,15 @@ def unlearn(method: str, cfg, data, split, original: nn.Module, *, classifier_on
     model = copy.deepcopy(original)
     if head is not None:
         model.head = head
-    if path is not None and (path / "model.pt").exists():
+    if record is not None and ("/" in record or not record.endswith(".json")):
+        raise ValueError(f"record must be a plain file name ending in .json, got {record!r}")
+    have_records = on_step is None or (record is not None and path is not None and (path / record).exists())
+    if path is not None and have_records and (path / "model.pt").exists():
         rec = artifacts.load_json(path / "result.json")
         model.load_state_dict(artifacts.load_torch(path / "model.pt", map_location=data.train.device))
+        records = artifacts.load_json(path / record) if on_step is not None else None
         return UnlearnResult(method, model.eval(), rec["seconds"], hp, rec["info"], classifier_only, path, True,
-                             rec.get("history", []))
+                             rec.get("history", []), records)
     if classifier_only:
         prepare_classifier_only(model, zero_head=not m.gradient_free)
     evaluate = _eval_fn(data, split, cfg.autocast) if track else None
@@ -196,9 +208,15 @@ def unlearn(method: str, cfg, data, split, original: nn.Module, *, classifier_on
             out = inner(mod)
             eval_seconds[0] += time.perf_counter() - t
             return out
+    step_hook = None
+    if on_step is not None:
+        def step_hook(step, mod):
+            t = time.perf_counter()
+            on_step(step, mod)
+            eval_seconds[0] += time.perf_counter() - t
     ctx = Context(model=model, original=copy.deepcopy(original).eval(), data=data, split=split, cfg=cfg, hp=hp,
                   classifier_only=classifier_only, progress=progress, evaluate=evaluate,
-                  epoch_start=getattr(model.head, "epoch_start", None))
+                  epoch_start=getattr(model.head, "epoch_start", None), on_step=step_hook)
     for p in ctx.original.parameters():
         p.requires_grad_(False)
     t0 = time.perf_counter()
@@ -207,11 +225,19 @@ def unlearn(method: str, cfg, data, split, original: nn.Module, *, classifier_on
     if method == "retrain" and not classifier_only:
         seconds = info.get("retrain_seconds", seconds)  # the cost of retraining, even when it was cached
     hist = info.pop("history", {}).get("epochs", [])
+    head_finish = getattr(model.head, "finish", None)
+    if callable(head_finish):  # e.g. the CMF head: class means recomputed once more at the end
+        head_finish(model)
+    if on_step is not None and hasattr(on_step, "finish"):
+        on_step.finish(model)
+    records = getattr(on_step, "records", None) if on_step is not None else None
     for p in model.parameters():
         p.requires_grad_(True)
     model.eval()
-    res = UnlearnResult(method, model, seconds, hp, info, classifier_only, path, False, hist)
+    res = UnlearnResult(method, model, seconds, hp, info, classifier_only, path, False, hist, records)
     if path is not None:
         artifacts.save_json(path / "result.json", {"key": key, "seconds": seconds, "info": info, "history": hist})
         artifacts.save_torch(path / "model.pt", model.state_dict())
+        if record is not None and records is not None:
+            artifacts.save_json(path / record, records)
     return res

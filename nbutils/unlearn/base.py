@@ -9,7 +9,7 @@ per-epoch evaluation). A method only contributes its loss, its data view and its
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -51,6 +51,23 @@ class Context:
     progress: bool | None = None
     evaluate: Callable[[nn.Module], dict] | None = None
     epoch_start: Callable[[int, nn.Module], None] | None = None
+    on_step: Callable[[int, nn.Module], None] | None = None
+    steps: int = field(default=0, init=False)
+
+    def _step_hook(self) -> Callable[[int, nn.Module], None] | None:
+        """``on_step`` with one step counter across all ``fit`` calls of a method (UNSIR fits twice):
+        ``on_step(0, model)`` once before the first step, then ``on_step(k, model)`` after step k."""
+        if self.on_step is None:
+            return None
+
+        def hook(step: int, model: nn.Module) -> None:
+            if step == 0:
+                if self.steps == 0:
+                    self.on_step(0, model)
+                return
+            self.steps += 1
+            self.on_step(self.steps, model)
+        return hook
 
     @property
     def device(self) -> torch.device:
@@ -77,7 +94,8 @@ class Context:
         opts = dict(momentum=self.cfg.momentum, weight_decay=self.hp.get("weight_decay", self.cfg.weight_decay),
                     warmup_epochs=0, min_lr=lr, seed=self.cfg.seed, params=self.trainable(),
                     train_mode=self.train_mode, autocast=self.cfg.autocast, progress=self.progress,
-                    evaluate=self.evaluate, epoch_start=self.epoch_start, desc=desc, restore_best=False)
+                    evaluate=self.evaluate, epoch_start=self.epoch_start, on_step=self._step_hook(), desc=desc,
+                    restore_best=False)
         opts.update(kwargs)
         return train.fit(self.model, self.data.train, view, epochs=epochs, lr=lr,
                          batch_size=batch_size or self.hp.get("batch_size", self.cfg.batch_size), **opts)

@@ -22,7 +22,47 @@ COLUMNS = {
     "TA": ("TA (%)", 100, "{:.2f}"),
     "seconds": ("time (s)", 1, "{:.1f}"),
     "time_ratio": ("time / retrain", 1, "{:.3f}"),
+    # paper A's three heads (notebook 22): full model / linear probe / NCC x retain / forget test accuracy
+    "out_retain": ("Full: retain (%)", 100, "{:.2f}"),
+    "out_forget": ("Full: forget (%)", 100, "{:.2f}"),
+    "lp_retain": ("LP: retain (%)", 100, "{:.2f}"),
+    "lp_forget": ("LP: forget (%)", 100, "{:.2f}"),
+    "ncc_retain": ("NCC: retain (%)", 100, "{:.2f}"),
+    "ncc_forget": ("NCC: forget (%)", 100, "{:.2f}"),
+    "ridge_forget": ("ridge LP: forget (%)", 100, "{:.2f}"),
+    "misalign_forget": ("misalignment, forget class", 1, "{:.3f}"),
+    "misalign_retain": ("misalignment, retain classes", 1, "{:.3f}"),
+    # neural collapse of the training features (notebook 22)
+    "nc1": ("NC1", 1, "{:.3g}"),
+    "nc2_etf": ("NC2 (ETF distance)", 1, "{:.3f}"),
+    "nc3_duality": ("NC3 (duality)", 1, "{:.3f}"),
+    "nc4": ("NC4", 1, "{:.3f}"),
+    # relearning (notebook 23): forget-class test accuracy
+    "relearn_before": ("forget acc. before (%)", 100, "{:.1f}"),
+    "relearn_half": ("few-shot, half-way (%)", 100, "{:.1f}"),
+    "relearn_final": ("few-shot, final (%)", 100, "{:.1f}"),
+    "relearn_retain_only": ("retain only, final (%)", 100, "{:.1f}"),
+    "relearn_retain_after": ("retain acc. after few-shot (%)", 100, "{:.1f}"),
 }
+
+#: the columns of paper A's results table (Full / LP / NCC x retain / forget)
+THREE_HEADS = ("out_retain", "out_forget", "lp_retain", "lp_forget", "ncc_retain", "ncc_forget")
+
+
+def inside_row(r: dict) -> dict:
+    """Flatten an :func:`nbutils.unlearn.inside.evaluate_representations` result into table columns."""
+    fc = set(r["forget_classes"])
+    row = {"out_retain": r["output"]["retain_test"], "out_forget": r["output"]["forget_test"],
+           "ncc_retain": r["ncc"]["retain_test"], "ncc_forget": r["ncc"]["forget_test"],
+           "ridge_forget": r["ridge"]["forget_test"]}
+    if "probe" in r:
+        row.update(lp_retain=r["probe"]["retain_test"], lp_forget=r["probe"]["forget_test"])
+    if "misalignment" in r and fc:
+        mis = np.asarray(r["misalignment"], dtype=float)
+        f = np.array([c in fc for c in range(len(mis))])
+        row.update(misalign_forget=float(np.nanmean(mis[f])), misalign_retain=float(np.nanmean(mis[~f])))
+    row.update({k: r["nc"].get(k) for k in ("nc1", "nc2_etf", "nc3_duality", "nc4")})
+    return row
 
 
 def evaluate_model(model, data, split, mia: bool = True, seed: int = 0, cache: str | Path | None = None) -> dict:
@@ -46,6 +86,17 @@ def split_tag(split) -> str:
     """A short name of a split, for file names of cached evaluations."""
     what = "random" if split.scenario == "random" else "forget" + "-".join(map(str, split.forget_classes))
     return f"{what}-seed{split.info.get('seed', 0)}"
+
+
+def figure_suffix(cfg, classifier_only: bool = False) -> str:
+    """The file-name suffix of a variant's figures and tables: ``_head`` (classifier-only), ``_random``
+    (random-sample forgetting), ``_forget1-2`` (a forget set other than the profile's default)."""
+    from ..profiles import PROFILES
+
+    default = PROFILES[cfg.profile]["forget_classes"]
+    return (("_head" if classifier_only else "") + ("_random" if cfg.scenario == "random" else "")
+            + ("" if cfg.scenario == "random" or list(cfg.forget_classes) == list(default)
+               else "_forget" + "-".join(map(str, cfg.forget_classes))))
 
 
 def _cell(v, scale, fmt) -> str:
