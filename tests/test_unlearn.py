@@ -129,3 +129,18 @@ def test_mia_efficacy_separates_retrained_from_original(setup):
     assert 0 <= m_orig["mia_efficacy"] <= 1 and m_orig["n_members"] == m_orig["n_nonmembers"]
     assert m_re["mia_efficacy"] >= m_orig["mia_efficacy"]
     assert mia_efficacy(orig.model, ds, sp) == m_orig  # seeded subsampling: same numbers twice
+
+
+@pytest.mark.parametrize("method", ["rl", "scrub", "neggrad_plus"])
+def test_classifier_only_on_cached_features_equals_the_full_network(setup, method):
+    """Under classifier-only the encoder is frozen with BatchNorm in eval mode: running the method on the
+    cached features gives the same head as running it through the whole network (to float rounding)."""
+    cfg, ds, sp, orig = setup
+    fast = unlearn.unlearn(method, cfg, ds, sp, orig.model, classifier_only=True, cache=False)
+    full = unlearn.unlearn(method, cfg, ds, sp, orig.model, classifier_only=True, cache=False, frozen_features=False)
+    assert torch.allclose(fast.model.head.weight, full.model.head.weight, atol=1e-4, rtol=1e-3)
+    assert torch.allclose(fast.model.head.bias, full.model.head.bias, atol=1e-4, rtol=1e-3)
+    assert _same(fast.model.encoder, orig.model.encoder)
+    assert [round(h["forget_test_acc"], 6) for h in fast.history] == [round(h["forget_test_acc"], 6) for h in full.history]
+    with pytest.raises(ValueError, match="frozen_features"):
+        unlearn.unlearn("unsir", cfg, ds, sp, orig.model, classifier_only=True, cache=False, frozen_features=True)
