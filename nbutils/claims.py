@@ -59,25 +59,27 @@ def _clean(v: Any) -> Any:
 
 
 def record(claim: str, *, held: bool | None, criterion: str, measured: dict, summary: str,
-           notebook: str, setting: dict | None = None) -> dict:
+           notebook: str, setting: dict | None = None, variant: str = "") -> dict:
     """Record what a notebook measured for ``claim`` (a key of :data:`CLAIMS`) and rewrite the report.
 
     * ``held``: the verdict of ``criterion`` on ``measured`` (``None``: could not be decided, e.g. no
       method reached the precondition); computed by the caller from the numbers, never a constant.
     * ``summary``: one sentence with the key numbers; ``setting``: profile, dataset, forget set, seed.
+    * ``variant``: the notebook's figure suffix (e.g. ``"_forget0-1-2"``): a variant's run is recorded
+      beside the default setting's entry instead of replacing it.
     """
     if claim not in CLAIMS:
         raise ValueError(f"unknown claim {claim!r}; known: {sorted(CLAIMS)}")
     if held is not None and not isinstance(held, bool):
         raise ValueError(f"held must be True, False or None, got {held!r}")
     entries = load()
-    entries[claim] = _clean({"claim": CLAIMS[claim], "held": held, "criterion": criterion, "measured": measured,
+    entries[claim + variant] = _clean({"id": claim, "variant": variant, "claim": CLAIMS[claim], "held": held, "criterion": criterion, "measured": measured,
                              "summary": summary, "notebook": notebook, "setting": setting or {},
                              "timestamp": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
     js, md = _paths()
     artifacts.save_json(js, entries)
     artifacts.atomic_write_bytes(md, render(entries).encode("utf-8"))
-    return entries[claim]
+    return entries[claim + variant]
 
 
 def verdict(held: bool | None) -> str:
@@ -91,23 +93,28 @@ def render(entries: dict) -> str:
              "this run, and the verdict. Numbers come from the notebooks named; nothing here is asserted "
              "without a measurement.", "",
              "| claim | verdict | setting | notebook |", "|---|---|---|---|"]
+    def of(cid):  # the default setting first, then the variants
+        return sorted((e for k, e in entries.items() if e.get("id", k) == cid), key=lambda e: e.get("variant", ""))
+
     for cid in CLAIMS:
-        e = entries.get(cid)
-        if e is None:
+        found = of(cid)
+        if not found:
             lines.append(f"| {cid} | not measured in this run | – | – |")
-        else:
-            s = e.get("setting", {})
-            setting = ", ".join(f"{k}={v}" for k, v in s.items())
-            lines.append(f"| {cid} | **{verdict(e['held'])}** | {setting} | {e['notebook']} |")
+        for e in found:
+            setting = ", ".join(f"{k}={v}" for k, v in e.get("setting", {}).items())
+            name = cid + (f" ({e['variant'].lstrip('_')})" if e.get("variant") else "")
+            lines.append(f"| {name} | **{verdict(e['held'])}** | {setting} | {e['notebook']} |")
     for cid, text in CLAIMS.items():
         lines += ["", f"## {cid}. {text}", ""]
-        e = entries.get(cid)
-        if e is None:
+        found = of(cid)
+        if not found:
             lines.append("Not measured in this run.")
-            continue
-        lines += [f"- **Verdict: {verdict(e['held'])}.** {e['summary']}", f"- Criterion: {e['criterion']}",
-                  f"- Measured in `{e['notebook']}` ({e['timestamp']}):", "", "```",
-                  _format_measured(e["measured"]), "```"]
+        for e in found:
+            if e.get("variant"):
+                lines += [f"Variant `{e['variant'].lstrip('_')}`:", ""]
+            lines += [f"- **Verdict: {verdict(e['held'])}.** {e['summary']}", f"- Criterion: {e['criterion']}",
+                      f"- Measured in `{e['notebook']}` ({e['timestamp']}):", "", "```",
+                      _format_measured(e["measured"]), "```", ""]
     return "\n".join(lines) + "\n"
 
 

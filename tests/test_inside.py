@@ -168,3 +168,13 @@ def test_claims_report_lists_every_claim_and_records_measurements():
         claims.record("Z9", held=True, criterion="", measured={}, summary="", notebook="")
     with pytest.raises(ValueError, match="held"):
         claims.record("A1", held=1, criterion="", measured={}, summary="", notebook="")
+
+
+def test_claims_variants_are_recorded_beside_the_default_setting():
+    claims.record("A1", held=True, criterion="c", measured={"x": 1}, summary="default", notebook="nb")
+    claims.record("A1", held=False, criterion="c", measured={"x": 2}, summary="three classes", notebook="nb",
+                  variant="_forget0-1-2")
+    rep = claims.load()
+    assert rep["A1"]["summary"] == "default" and rep["A1_forget0-1-2"]["held"] is False
+    md = (claims.manifest.figures_dir() / "claims.md").read_text()
+    assert "| A1 | **held** |" in md and "| A1 (forget0-1-2) | **did not hold** |" in md
