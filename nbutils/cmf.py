@@ -22,6 +22,7 @@ so the result does not depend on the order of the data beyond float64 rounding.
 from __future__ import annotations
 
 import copy
+import time
 from typing import Sequence
 
 import torch
@@ -167,7 +168,6 @@ def prestage(cfg, data, split, original: nn.Module, *, original_key: str | None 
     if path is not None and (path / "model.pt").exists():
         model.load_state_dict(artifacts.load_torch(path / "model.pt", map_location=data.train.device))
         return model.eval(), {**artifacts.load_json(path / "info.json"), "path": path, "cached": True}
-    import time
     t0 = time.perf_counter()
     hist = train.fit(model, data.train, split.train, epochs=hp["epochs"], lr=hp["lr"], batch_size=cfg.batch_size,
                      momentum=cfg.momentum, weight_decay=hp["weight_decay"], seed=cfg.seed, augment=cfg.augment,
@@ -179,11 +179,6 @@ def prestage(cfg, data, split, original: nn.Module, *, original_key: str | None 
         artifacts.save_json(path / "info.json", info)
         artifacts.save_torch(path / "model.pt", model.state_dict())
     return model.eval(), {**info, "path": path, "cached": False}
-
-
-def cmf_variant_hparams(profile: str) -> dict[str, dict]:
-    """Hyper-parameter overrides of the CMF variants (paper A's values under ``paper``)."""
-    return CMF_HPARAMS[profile]
 
 
 #: paper A's CMF hyper-parameters (CIFAR-10, ResNet-18): RL+CMF, SalUn+CMF lr 2e-3; NegGrad+ +CMF lr 1e-4 with

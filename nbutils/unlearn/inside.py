@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from .. import artifacts, models, train
 from ..metrics import nc, probe
+from ..metrics.probe import _split_report  # retain / forget / all test accuracy of predictions
 
 #: bump when a change here changes what a cached evaluation would be
 INSIDE_VERSION = 1
@@ -54,13 +55,6 @@ def head_weight(model: nn.Module) -> torch.Tensor:
     if W is None:
         raise ValueError(f"the head {type(model.head).__name__} has no 'weight' to align with")
     return W.detach().float().cpu()
-
-
-def _split_acc(pred: torch.Tensor, y: torch.Tensor, forget_classes: Sequence[int]) -> dict:
-    f = torch.isin(y, torch.tensor(list(forget_classes), dtype=y.dtype)) if forget_classes else torch.zeros_like(y, dtype=torch.bool)
-    ok = (pred == y).float()
-    acc = lambda m: float(ok[m].mean()) if m.any() else float("nan")  # noqa: E731
-    return {"retain_test": acc(~f), "forget_test": acc(f)}
 
 
 def _stratified(y: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
@@ -120,7 +114,7 @@ def evaluate_representations(model: nn.Module, data, split, *, layers: Sequence[
     t_extract = time.perf_counter() - t0
     ytr, yte = ftr["labels"], fte["labels"]
     out = {"version": INSIDE_VERSION, "penultimate": pen, "forget_classes": fc, "tsne_per_class": tsne_per_class,
-           "output": _split_acc(fte["logits"].argmax(1), yte, fc)}
+           "output": _split_report(fte["logits"].argmax(1), yte, tuple(fc))}
     t1 = time.perf_counter()
     out["ridge"] = probe.probe_accuracy(ftr[pen], ytr, fte[pen], yte, fc, K, method="ridge", seed=seed)
     if logistic:
@@ -239,7 +233,7 @@ class ForgetCurve:
         pr = probe.probe_accuracy(ftr["encoder"], ftr["labels"], fte["encoder"], fte["labels"], fc, K,
                                   method="logistic", seed=self.seed)
         nn_ = probe.ncc_accuracy(ftr["encoder"], ftr["labels"], fte["encoder"], fte["labels"], fc, K)
-        self.records.append({"step": step, "output": _split_acc(fte["logits"].argmax(1), fte["labels"], fc),
+        self.records.append({"step": step, "output": _split_report(fte["logits"].argmax(1), fte["labels"], tuple(fc)),
                              "probe": {k: pr[k] for k in keep}, "ncc": {k: nn_[k] for k in keep}})
 
     def __call__(self, step: int, model: nn.Module) -> None:

@@ -95,8 +95,7 @@ def figure_suffix(cfg, classifier_only: bool = False) -> str:
 
     default = PROFILES[cfg.profile]["forget_classes"]
     return (("_head" if classifier_only else "") + ("_random" if cfg.scenario == "random" else "")
-            + ("" if cfg.scenario == "random" or list(cfg.forget_classes) == list(default)
-               else "_forget" + "-".join(map(str, cfg.forget_classes))))
+            + ("" if list(cfg.forget_classes) == list(default) else "_forget" + "-".join(map(str, cfg.forget_classes))))
 
 
 def _cell(v, scale, fmt) -> str:
