@@ -47,6 +47,7 @@ lab: setup
 
 bench: setup
 	$(PY) benchmarks/foundation.py
+	$(PY) benchmarks/nrc_bench.py
 
 clean:
 	rm -rf build figures/*.png figures/*.pdf figures/manifest.json

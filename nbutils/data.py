@@ -331,3 +331,12 @@ def make_split(data: ImageData, scenario: str = "class", forget_classes: Sequenc
                  t(test_retain), t(test_forget),
                  info={"forget_fraction": forget_fraction if scenario == "random" else None,
                        "val_fraction": val_fraction, "seed": seed})
+
+
+# ----------------------------------------------------------------------------------------------
+# Regression sets (paper B) live in data_regression; the public names are re-exported here.
+# ----------------------------------------------------------------------------------------------
+from .data_regression import (  # noqa: E402,F401
+    REGRESSION_INFO, RegressionDataUnavailable, RegressionSet, TensorStore, load_paper_regression,
+    load_regression, make_sprites, make_synthetic, split_standardise,
+)

@@ -210,3 +210,56 @@ def extract(model: nn.Module, store, idx: torch.Tensor, layers: Sequence[str] = 
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Regression models (paper B)
+# ----------------------------------------------------------------------------------------------
+NORMS = ("none", "layer", "batch")
+
+
+class RegressionMLP(nn.Module):
+    """The bias-free MLP of Deep NRC: ``depth`` Linear layers without bias, ReLU between them, an optional
+    LayerNorm / BatchNorm (without affine shift either) before each ReLU.
+
+    ``depth`` counts the linear maps: ``in_dim -> width -> ... -> width -> out_dim`` (depth 8, width 512 in the
+    paper). The Linear modules are ``layers.0 .. layers.{depth-1}``; the deep-NRC metrics of layer l are read
+    from the *input* of ``layers.l`` (``nbutils.metrics.nrc.layer_nrc``)."""
+
+    def __init__(self, in_dim: int, out_dim: int, depth: int = 8, width: int = 512, norm: str = "none"):
+        super().__init__()
+        if depth < 1 or width < 1 or in_dim < 1 or out_dim < 1:
+            raise ValueError(f"need depth, width, in_dim, out_dim >= 1; got {depth}, {width}, {in_dim}, {out_dim}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        dims = [in_dim] + [width] * (depth - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(dims[i], dims[i + 1], bias=False) for i in range(depth))
+        make = {"none": lambda d: nn.Identity(),
+                "layer": lambda d: nn.LayerNorm(d, elementwise_affine=False),
+                "batch": lambda d: nn.BatchNorm1d(d, affine=False)}[norm]
+        self.norms = nn.ModuleList(make(width) for _ in range(depth - 1))
+
+    def forward(self, x):
+        for lin, norm in zip(self.layers[:-1], self.norms):
+            x = F.relu(norm(lin(x)))
+        return self.layers[-1](x)
+
+
+def build_regressor(kind: str, input_shape: Sequence[int], out_dim: int, *, depth: int = 8, width: int = 512,
+                    norm: str = "none", arch: str = "resnet18") -> nn.Module:
+    """``kind="mlp"``: :class:`RegressionMLP` on flat inputs of ``input_shape = (d,)``;
+    ``kind="resnet"``: the CIFAR-stem ResNet (``arch``, first-stage ``width``) on ``(C, H, W)`` images with a
+    linear regression head of ``out_dim`` outputs."""
+    if kind == "mlp":
+        if len(input_shape) != 1:
+            raise ValueError(f"an MLP needs flat inputs (d,), got input shape {tuple(input_shape)}")
+        return RegressionMLP(int(input_shape[0]), out_dim, depth, width, norm)
+    if kind == "resnet":
+        if len(input_shape) != 3:
+            raise ValueError(f"a ResNet needs images (C, H, W), got input shape {tuple(input_shape)}")
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+        block, blocks = ARCHS[arch]
+        enc = ResNetEncoder(block, blocks, width=width, in_channels=int(input_shape[0]))
+        return Classifier(enc, nn.Linear(enc.out_dim, out_dim))
+    raise ValueError(f"kind must be 'mlp' or 'resnet', got {kind!r}")

@@ -20,8 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .data import DATASET_INFO
-from .models import ARCHS
+from .data import DATASET_INFO, REGRESSION_INFO
+from .models import ARCHS, NORMS
 
 # ----------------------------------------------------------------------------------------------
 # Schema: name -> (type(s), check, meaning). The check returns an error string or None.
@@ -78,6 +78,37 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], str | None], str]] = {
     "tsne_per_class": ((int,), _pos, "test images per class in each t-SNE panel"),
     "relearn_steps": ((int,), _pos, "optimiser steps of the relearning fine-tune (learning rate: lr)"),
     "relearn_forget": ((int,), _nonneg, "forget-set images in every relearning batch (0 = retain only)"),
+    # deep neural regression collapse (paper B, notebooks 3x)
+    "reg_dataset": ((str,), _choice(*(k for k, v in REGRESSION_INFO.items() if v[0] == "vector")),
+                    "regression set of the MLP runs (generated 'synthetic', or a paper set on this machine)"),
+    "reg_samples": ((int,), lambda v: None if v >= 10 else "must be >= 10", "samples of a generated set (80/20 split)"),
+    "reg_input_dim": ((int,), _pos, "input dimension d of the synthetic set"),
+    "reg_target_dim": ((int,), _pos, "target dimension n of the synthetic set"),
+    "reg_rank": ((int,), _pos, "rank r of the synthetic targets (intrinsic dimension, <= reg_target_dim)"),
+    "reg_noise": ((float,), _nonneg, "target noise of the synthetic set, relative to the signal's std"),
+    "reg_depth": ((int,), _pos, "linear layers of the bias-free MLP (paper: 8)"),
+    "reg_width": ((int,), _pos, "width of the MLP (paper: 512)"),
+    "reg_norm": ((str,), _choice(*NORMS), "normalisation before each ReLU of the MLP"),
+    "reg_epochs": ((int,), _pos, "training epochs of a regression model (step decay x0.1 at 1/3 and 2/3)"),
+    "reg_lr": ((float,), _pos, "SGD learning rate of the regression models (momentum: momentum)"),
+    "reg_batch_size": ((int,), _pos, "mini-batch size of the regression models"),
+    "reg_weight_decay": ((float,), _nonneg, "weight decay of the regression models"),
+    "reg_checkpoints": ((int,), _pos, "log-spaced epochs at which every layer's NRC is measured"),
+    "reg_wd_grid": ((list,), lambda v: None if v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                         and x >= 0 for x in v) else "must be a non-empty list of numbers >= 0",
+                    "weight decays of the ablation (notebook 33)"),
+    "reg_seeds": ((int,), _pos, "seeds per weight decay in the ablation"),
+    "reg_rank_grid": ((list,), lambda v: None if v and all(isinstance(x, int) and x > 0 for x in v)
+                      else "must be a non-empty list of positive integers", "target ranks of the intrinsic-dimension run"),
+    "reg_rank_target_dim": ((int,), _pos, "target dimension n of the intrinsic-dimension run"),
+    "sprites_samples": ((int,), lambda v: None if v >= 10 else "must be >= 10", "images of the procedural sprites set"),
+    "sprites_size": ((int,), lambda v: None if v >= 8 else "must be >= 8", "side of the sprites images in pixels"),
+    "sprites_targets": ((list,), lambda v: None if v and all(t in ("x", "y", "scale", "rotation") for t in v)
+                        else "must be a non-empty list of 'x', 'y', 'scale', 'rotation'", "factors the ResNet regresses"),
+    "conv_width": ((int,), _pos, "first-stage channels of the regression ResNet-18"),
+    "conv_epochs": ((int,), _pos, "training epochs of the regression ResNet"),
+    "conv_lr": ((float,), _pos, "learning rate of the regression ResNet"),
+    "conv_weight_decay": ((float,), _nonneg, "weight decay of the regression ResNet"),
     # run
     "seed": ((int,), _nonneg, "random seed"),
     "device": ((str,), lambda v: _check_device(v), "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
@@ -90,21 +121,38 @@ _BASE = dict(
     arch="resnet18", momentum=0.9, weight_decay=5e-4, min_lr=1e-5,
     seed=0, device="auto", precision="auto", eval_batch_size=1000,
     tsne_per_class=50, relearn_steps=20, relearn_forget=10,
+    # paper B: the generated low-rank set, the bias-free MLP, the authors' step schedule
+    reg_dataset="synthetic", reg_input_dim=20, reg_target_dim=4, reg_rank=3, reg_noise=0.01, reg_norm="none",
+    reg_rank_target_dim=8, sprites_targets=["x", "y", "scale"],
 )
 
 PROFILES: dict[str, dict[str, Any]] = {
     # every notebook runs: the test suite's profile (whole pipeline within minutes on 2 cores)
     "smoke": {**_BASE, "dataset": "digits", "width": 4, "epochs": 3, "retrain_epochs": 3, "batch_size": 64, "lr": 0.05,
               "warmup_epochs": 1, "patience": 50, "n_snapshots": 3, "eval_batch_size": 512,
-              "tsne_per_class": 10, "relearn_steps": 4, "relearn_forget": 4},
+              "tsne_per_class": 10, "relearn_steps": 4, "relearn_forget": 4,
+              "reg_samples": 400, "reg_depth": 4, "reg_width": 32, "reg_epochs": 20, "reg_lr": 0.05,
+              "reg_batch_size": 64, "reg_weight_decay": 5e-3, "reg_checkpoints": 3, "reg_wd_grid": [0.0, 5e-3],
+              "reg_seeds": 2, "reg_rank_grid": [1, 2], "sprites_samples": 160, "sprites_size": 16,
+              "conv_width": 2, "conv_epochs": 2, "conv_lr": 0.05, "conv_weight_decay": 5e-4},
     # readers and courses: real data (Fashion-MNIST), reduced width, the phenomena visible on a laptop
     "quick": {**_BASE, "dataset": "fashion_mnist", "n_train": 12000, "n_test": 5000, "width": 8,
               "epochs": 24, "retrain_epochs": 16, "batch_size": 128, "lr": 0.05, "warmup_epochs": 2, "patience": 25,
-              "n_snapshots": 12},
+              "n_snapshots": 12,
+              "reg_samples": 5000, "reg_depth": 6, "reg_width": 128, "reg_epochs": 200, "reg_lr": 0.05,
+              "reg_batch_size": 256, "reg_weight_decay": 5e-3, "reg_checkpoints": 12, "reg_wd_grid": [0.0, 1e-3, 5e-3],
+              "reg_seeds": 3, "reg_rank_grid": [1, 2, 4, 6], "sprites_samples": 3000, "sprites_size": 32,
+              "conv_width": 8, "conv_epochs": 30, "conv_lr": 0.05, "conv_weight_decay": 5e-4},
     # full reproduction (GPU): paper A's CIFAR-10 ResNet-18 recipe
     "paper": {**_BASE, "dataset": "cifar10", "width": 64, "epochs": 300, "retrain_epochs": 200, "batch_size": 128, "lr": 0.01,
               "warmup_epochs": 5, "patience": 50, "augment": True, "n_snapshots": 12,
-              "tsne_per_class": 100, "relearn_steps": 100},
+              "tsne_per_class": 100, "relearn_steps": 100,
+              # paper B: the authors' MLP recipe (8 x 512, SGD 0.1, wd 5e-4, batch 512, 1000 epochs)
+              "reg_samples": 50000, "reg_depth": 8, "reg_width": 512, "reg_epochs": 1000, "reg_lr": 0.1,
+              "reg_batch_size": 512, "reg_weight_decay": 5e-4, "reg_checkpoints": 16,
+              "reg_wd_grid": [0.0, 5e-5, 5e-4, 5e-3, 1e-2], "reg_seeds": 3, "reg_rank_grid": [1, 2, 4, 6],
+              "sprites_samples": 20000, "sprites_size": 64, "conv_width": 64, "conv_epochs": 100, "conv_lr": 0.05,
+              "conv_weight_decay": 5e-4},
 }
 DEFAULT_PROFILE = "quick"
 
@@ -245,6 +293,11 @@ def resolve(profile: str = DEFAULT_PROFILE, **overrides: Any) -> Config:
     if params["warmup_epochs"] > min(params["epochs"], params["retrain_epochs"]):
         raise ConfigError(f"parameter warmup_epochs={params['warmup_epochs']} exceeds epochs={params['epochs']} "
                           f"or retrain_epochs={params['retrain_epochs']}")
+    if params["reg_rank"] > params["reg_target_dim"]:
+        raise ConfigError(f"parameter reg_rank={params['reg_rank']} exceeds reg_target_dim={params['reg_target_dim']}")
+    if max(params["reg_rank_grid"]) > params["reg_rank_target_dim"]:
+        raise ConfigError(f"parameter reg_rank_grid={params['reg_rank_grid']} has a rank above "
+                          f"reg_rank_target_dim={params['reg_rank_target_dim']}")
     dev = params["device"]
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"

@@ -54,6 +54,11 @@ def warmup_cosine(step: int, total: int, warmup: int, lr: float, min_lr: float) 
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def step_decay(step: int, total: int, lr: float, milestones: Sequence[float], factor: float = 0.1) -> float:
+    """Learning rate at ``step`` of ``total``: ``lr * factor**k``, k = milestones (fractions) already passed."""
+    return lr * factor ** sum(step >= m * total for m in milestones)
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, store, idx: torch.Tensor, batch_size: int = 1000,
              autocast: bool = False) -> float:
@@ -168,6 +173,7 @@ def fit(model: nn.Module, store, idx: "torch.Tensor | Sampler", *, epochs: int, 
         snapshot_epochs: Sequence[int] = (), on_snapshot: Callable[[int, nn.Module], None] | None = None,
         on_step: Callable[[int, nn.Module], None] | None = None,
         autocast: bool = False, channels_last: bool | None = None,
+        lr_milestones: Sequence[float] | None = None,
         progress: bool | None = None, desc: str = "train") -> History:
     """Train ``model`` in place on ``store[idx]`` and return its :class:`History`.
 
@@ -192,6 +198,8 @@ def fit(model: nn.Module, store, idx: "torch.Tensor | Sampler", *, epochs: int, 
       training resumes from it (same results as an uninterrupted run).
     * ``channels_last``: NHWC memory format (default: on CUDA only; measured on the CPU it was ~20%
       faster but not deterministic from run to run, and same-seed reproducibility comes first).
+    * ``lr_milestones``: instead of warm-up + cosine, a step schedule: ``lr`` multiplied by 0.1 at each
+      of these fractions of training (paper B's authors: ``(1/3, 2/3)``).
     * ``snapshot_epochs``: epochs (0 = before training) at which ``on_snapshot(epoch, model)`` is
       called, e.g. to keep weights for the neural-collapse-over-training figure.
     * ``on_step(step, model)``: called after every optimiser step (``step`` counts from 1 across
@@ -248,7 +256,8 @@ def fit(model: nn.Module, store, idx: "torch.Tensor | Sampler", *, epochs: int, 
             if channels_last:
                 batch = tuple(t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t for t in batch)
             for g in opt.param_groups:
-                g["lr"] = warmup_cosine(step, total, warmup_epochs * steps_per_epoch, lr, min_lr)
+                g["lr"] = (step_decay(step, total, lr, lr_milestones) if lr_milestones is not None
+                           else warmup_cosine(step, total, warmup_epochs * steps_per_epoch, lr, min_lr))
             opt.zero_grad(set_to_none=True)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast and dev.type == "cuda"):
                 out = loss_fn(model, *batch)
@@ -377,3 +386,114 @@ def train_classifier(cfg, data, split, which: str = "original", progress: bool |
     (path / "checkpoint.pt").unlink(missing_ok=True)
     snaps = sorted(int(p.stem.split("-")[1]) for p in path.glob("snapshot-*.pt"))
     return TrainedModel(model.eval(), hist, path, snaps, cached=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cached training of a regression model with per-layer NRC at log-spaced epochs (paper B)
+# ----------------------------------------------------------------------------------------------
+
+def mse_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per target entry (``nn.MSELoss``), the regression objective of paper B."""
+    return F.mse_loss(model(x).float(), y)
+
+
+@torch.no_grad()
+def mse(model: nn.Module, store, idx: torch.Tensor, batch_size: int = 4096) -> float:
+    """MSE per target entry of ``model`` on ``store[idx]`` in eval mode."""
+    was = model.training
+    model.eval()
+    sse, count = 0.0, 0
+    for x, y in store.iter_batches(idx, batch_size):
+        sse += float((model(x).double() - y.double()).square().sum())
+        count += y.numel()
+    model.train(was)
+    return sse / count if count else float("nan")
+
+
+#: the recipe parameters of each kind of regression model: (depth, width, norm | arch, epochs, lr, wd)
+REGRESSOR_KEYS = {
+    "mlp": ("reg_depth", "reg_width", "reg_norm", "reg_epochs", "reg_lr", "reg_batch_size", "reg_checkpoints",
+            "momentum"),
+    "resnet": ("conv_width", "conv_epochs", "conv_lr", "reg_batch_size", "reg_checkpoints", "momentum"),
+}
+REG_MILESTONES = (1 / 3, 2 / 3)
+
+
+@dataclass
+class TrainedRegressor:
+    """A trained regression model, its history and the NRC of every layer at each checkpoint epoch."""
+    model: nn.Module
+    history: History
+    checkpoints: list[dict]  # [{"epoch", "train_mse", "test_mse", **layer_nrc(...)}]
+    path: Path
+    cached: bool
+    weight_decay: float
+
+    def at(self, epoch: int | None = None) -> dict:
+        """The checkpoint record of ``epoch`` (default: the last)."""
+        if epoch is None:
+            return self.checkpoints[-1]
+        for c in self.checkpoints:
+            if c["epoch"] == epoch:
+                return c
+        raise KeyError(f"no checkpoint at epoch {epoch}; have {[c['epoch'] for c in self.checkpoints]}")
+
+
+def train_regressor(cfg, rset, kind: str = "mlp", weight_decay: float | None = None,
+                    progress: bool | None = None, force: bool = False) -> TrainedRegressor:
+    """Train (or load from the cache) a regression model on ``rset.train`` with MSE, SGD + momentum,
+    weight decay and the authors' step schedule (x0.1 at 1/3 and 2/3 of training), measuring
+    :func:`nbutils.metrics.nrc.layer_nrc` of every layer on the training set at ``cfg.reg_checkpoints``
+    log-spaced epochs (0 = initialisation) and the train/test MSE.
+
+    ``kind``: ``"mlp"`` (the bias-free MLP, ``reg_*`` parameters) or ``"resnet"`` (ResNet-18 on image sets,
+    ``conv_*`` parameters). ``weight_decay`` defaults to ``cfg.reg_weight_decay`` / ``cfg.conv_weight_decay``.
+    Cached in ``data/results/regressor-<hash>/`` under the hash of the data key, the recipe and the seed.
+    """
+    from .metrics.nrc import layer_nrc
+    from .models import build_regressor
+    from .profiles import snapshot_epochs as log_epochs
+
+    if kind not in REGRESSOR_KEYS:
+        raise ValueError(f"kind must be one of {sorted(REGRESSOR_KEYS)}, got {kind!r}")
+    if kind == "mlp" and rset.is_image:
+        raise ValueError(f"{rset.name!r} is an image set: use kind='resnet'")
+    if kind == "resnet" and not rset.is_image:
+        raise ValueError(f"{rset.name!r} is a vector set: use kind='mlp'")
+    wd = float((cfg.reg_weight_decay if kind == "mlp" else cfg.conv_weight_decay) if weight_decay is None
+               else weight_decay)
+    if wd < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {wd}")
+    epochs = cfg.reg_epochs if kind == "mlp" else cfg.conv_epochs
+    lr = cfg.reg_lr if kind == "mlp" else cfg.conv_lr
+    key = {"data": rset.info.get("key", rset.name), **cfg.subset(*REGRESSOR_KEYS[kind]), "kind": kind,
+           "weight_decay": wd, "seed": cfg.seed, "version": TRAIN_VERSION}
+    path = artifacts.results_dir() / f"regressor-{artifacts.config_hash(key)}"
+    torch.manual_seed(cfg.seed)
+    model = build_regressor(kind, rset.input_shape, rset.target_dim, depth=cfg.reg_depth, width=(
+        cfg.reg_width if kind == "mlp" else cfg.conv_width), norm=cfg.reg_norm).to(cfg.torch_device)
+    if force and path.exists():
+        shutil.rmtree(path)
+    done = path / "model.pt"
+    if done.exists():
+        model.load_state_dict(artifacts.load_torch(done, map_location=cfg.torch_device))
+        hist = History.from_dict(artifacts.load_json(path / "history.json"))
+        return TrainedRegressor(model.eval(), hist, artifacts.load_json(path / "nrc.json"), path, True, wd)
+    path.mkdir(parents=True, exist_ok=True)
+    artifacts.save_json(path / "config.json", key)
+    records: list[dict] = []
+
+    def measure(epoch: int, m: nn.Module) -> None:
+        rec = layer_nrc(m, rset.store, rset.train, batch_size=cfg.eval_batch_size)
+        records.append({"epoch": epoch, "train_mse": rec["model_mse"],
+                        "test_mse": mse(m, rset.store, rset.test, cfg.eval_batch_size), **rec})
+
+    hist = fit(model, rset.store, rset.train, epochs=epochs, lr=lr, batch_size=cfg.reg_batch_size,
+               momentum=cfg.momentum, nesterov=False, weight_decay=wd, lr_milestones=REG_MILESTONES,
+               seed=cfg.seed, loss_fn=mse_loss, snapshot_epochs=log_epochs(epochs, cfg.reg_checkpoints),
+               on_snapshot=measure, progress=progress, desc=f"{kind} wd={wd:g}")
+    hist.final = {"train_mse": records[-1]["train_mse"], "test_mse": records[-1]["test_mse"]}
+    artifacts.save_json(path / "nrc.json", records)
+    artifacts.save_json(path / "history.json", hist.as_dict())
+    artifacts.save_torch(done, model.state_dict())
+    return TrainedRegressor(model.eval(), hist, records, path, False, wd)
