@@ -161,6 +161,18 @@ def main() -> None:
     print(f"CKA check on {r['check_samples']} samples: max |feature-space - Gram| = {r['cka_max_abs_diff']:.2e} "
           f"(feature-space {r['t_cka_feature']:.2f} s, Gram {r['t_cka_gram']:.2f} s for all layers)")
     print("  per-layer CKA:", " ".join(f"{v:.6f}" for v in r["cka_feature"]))
+    # the path the notebooks use: nbutils.metrics.nrc.layer_nrc on the paper's bias-free MLP (forward included)
+    from nbutils.data_regression import TensorStore
+    from nbutils.metrics.nrc import layer_nrc
+    from nbutils.models import RegressionMLP
+
+    torch.manual_seed(a.seed)
+    X, Y = make_data(a.N, a.n, a.seed)
+    mlp = RegressionMLP(D_IN, a.n, depth=a.depth, width=a.width)
+    t0 = time.perf_counter()
+    out = layer_nrc(mlp, TensorStore(X, Y), torch.arange(a.N), batch_size=a.batch, precision=a.precision)
+    t = time.perf_counter() - t0
+    print(f"layer_nrc end to end (forward + {len(out['layers'])} layers + last-layer NRC and gamma scan): {t:.2f} s")
 
 
 if __name__ == "__main__":
