@@ -6,13 +6,14 @@ STAMP := $(VENV)/.setup-stamp
 PROFILE ?= quick
 FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data figures smoke test lab bench clean help
+.PHONY: setup data figures smoke test lab bench assignments clean help
 
 help:
 	@echo "make figures   set up, then regenerate every figure with the '$(PROFILE)' profile (PROFILE=smoke|quick|paper)"
 	@echo "make test      set up, then run the whole test suite"
 	@echo "make lab       set up, then open JupyterLab on notebooks/ with the project's kernel"
 	@echo "make bench     set up, then run the benchmarks"
+	@echo "make assignments  set up, then build the course assignments into build/assignments/ (otter-grader)"
 
 # A local virtual environment from the pinned requirements (re-made when they change).
 $(STAMP): requirements.txt pyproject.toml
@@ -44,6 +45,9 @@ test: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
+
+assignments: setup
+	$(PY) -m nbutils assign
 
 bench: setup
 	$(PY) benchmarks/foundation.py

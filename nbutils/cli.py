@@ -105,9 +105,34 @@ are recorded in figures/manifest.json. Exit status: 0 if every notebook ran, 1 i
 2 for a usage error (unknown profile, notebook or parameter), found before anything runs.
 """
 
-#: Subcommands: name -> (configure_parser, handler). Others add "sweep", "assign", ... here.
+# ----------------------------------------------------------------------------- assign
+
+
+def configure_assign(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", action="append", metavar="A1,A2",
+                   help="build only these assignments (A<k> or the full name); repeatable or comma-separated")
+    p.add_argument("--output", default=None, help="output folder (default: build/assignments)")
+    p.add_argument("--no-run-tests", action="store_true",
+                   help="skip otter's check that the solutions pass their tests while building")
+
+
+def handle_assign(args: argparse.Namespace) -> int:
+    from nbutils import assign
+
+    try:
+        done = assign.build(args.output or assign.BUILD_DIR, _comma_list(args.only), run_tests=not args.no_run_tests)
+    except (ValueError, RuntimeError) as exc:
+        print(f"nbutils assign: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+    print(f"{len(done)} assignments: student versions in <name>/student/, instructor versions (solutions, "
+          f"autograder zip) in <name>/autograder/")
+    return 0
+
+
+#: Subcommands: name -> (configure_parser, handler). Others add "sweep", ... here.
 COMMANDS: dict[str, tuple[Configure, Handler]] = {
     "run": (configure_run, handle_run),
+    "assign": (configure_assign, handle_assign),
 }
 
 #: One-line help and long description per subcommand (optional; defaults to the handler's docstring).
@@ -119,6 +144,12 @@ HELP: dict[str, tuple[str, str]] = {
         "the error and the executed copy).",
     ),
 }
+HELP["assign"] = (
+    "build the course assignments (student + instructor versions) with otter-grader",
+    "Run otter assign on every master notebook in notebooks/assignments/ and write the student versions\n"
+    "(solutions removed, a check cell after every exercise) and the instructor versions (solutions,\n"
+    "autograder zip) to build/assignments/<name>/.",
+)
 EPILOGS: dict[str, str] = {"run": RUN_EPILOG}
 
 
@@ -154,4 +185,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(handler(args))
 
 
-__all__ = ["COMMANDS", "HELP", "EPILOGS", "build_parser", "main", "configure_run", "handle_run"]
+__all__ = ["COMMANDS", "HELP", "EPILOGS", "build_parser", "main", "configure_run", "handle_run", "configure_assign",
+           "handle_assign"]
