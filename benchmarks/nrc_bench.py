@@ -19,23 +19,16 @@ import time
 import torch
 from torch import nn
 
-from nbutils.metrics.nrc import FeatureStats, cka, cka_gram
+from nbutils.metrics.nrc import FeatureStats, cka, cka_gram, nrc_layers
+from nbutils.models import RegressionMLP
 
 D_IN = 14
 
 
-def build_mlp(width: int = 512, depth: int = 8, n: int = 4, seed: int = 0) -> nn.Sequential:
-    """``depth`` bias-free Linear layers (D_IN -> width -> ... -> width -> n) with ReLU between."""
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
+def build_mlp(width: int = 512, depth: int = 8, n: int = 4, seed: int = 0) -> nn.Module:
+    """The paper's bias-free MLP (:class:`nbutils.models.RegressionMLP`: D_IN -> width -> ... -> n), seeded."""
     torch.manual_seed(seed)
-    dims = [D_IN] + [width] * (depth - 1) + [n]
-    layers: list[nn.Module] = []
-    for i in range(depth):
-        layers.append(nn.Linear(dims[i], dims[i + 1], bias=False))
-        if i < depth - 1:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers).eval()
+    return RegressionMLP(D_IN, n, depth=depth, width=width).eval()
 
 
 def make_data(N: int, n: int, seed: int = 0):
@@ -47,8 +40,8 @@ def make_data(N: int, n: int, seed: int = 0):
     return X, Y
 
 
-def _linears(model: nn.Module) -> list[nn.Linear]:
-    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+def _linears(model: nn.Module) -> list[nn.Module]:
+    return [m for _, m in nrc_layers(model)]
 
 
 def bench_nrc(N: int = 100_000, width: int = 512, depth: int = 8, n: int = 4,
@@ -164,11 +157,9 @@ def main() -> None:
     # the path the notebooks use: nbutils.metrics.nrc.layer_nrc on the paper's bias-free MLP (forward included)
     from nbutils.data_regression import TensorStore
     from nbutils.metrics.nrc import layer_nrc
-    from nbutils.models import RegressionMLP
 
-    torch.manual_seed(a.seed)
     X, Y = make_data(a.N, a.n, a.seed)
-    mlp = RegressionMLP(D_IN, a.n, depth=a.depth, width=a.width)
+    mlp = build_mlp(a.width, a.depth, a.n, a.seed)
     t0 = time.perf_counter()
     out = layer_nrc(mlp, TensorStore(X, Y), torch.arange(a.N), batch_size=a.batch, precision=a.precision)
     t = time.perf_counter() - t0

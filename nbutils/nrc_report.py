@@ -44,6 +44,13 @@ def low_noise_layers(record: dict, nrc1_max: float = COLLAPSE["nrc1_max"]) -> li
     return [i for i, row in enumerate(record["layers"]) if row["nrc1"] is not None and row["nrc1"] <= nrc1_max]
 
 
+def subspace_layers(record: dict, nrc1_max: float = COLLAPSE["nrc1_max"], nrc3_min: float = COLLAPSE["nrc3_min"]) -> list[int]:
+    """Indices of the layers *below the last* whose features lie in the n-dim subspace that the next weights read
+    (NRC1 <= ``nrc1_max`` and NRC3 >= ``nrc3_min``; NRC2 not required): notebook 32's reading of claim B4."""
+    return [i for i, r in enumerate(record["layers"][:-1])
+            if r["nrc1"] is not None and r["nrc3"] is not None and r["nrc1"] <= nrc1_max and r["nrc3"] >= nrc3_min]
+
+
 def learned_rank(spectrum: Sequence[float], fraction: float = RANK_FRACTION) -> int:
     """Number of feature-covariance eigenvalues above ``fraction`` of the trace (``spectrum`` holds the
     top eigenvalues as fractions of the trace, descending)."""

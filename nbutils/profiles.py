@@ -40,6 +40,19 @@ def _frac(v):
     return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
+def _at_least(k):
+    def check(v):
+        return None if v >= k else f"must be >= {k}"
+    return check
+
+
+def _nonempty_list(ok, what):
+    """A check that ``v`` is a non-empty list whose every item satisfies ``ok``; else 'must be ...{what}'."""
+    def check(v):
+        return None if v and all(ok(x) for x in v) else f"must be a non-empty list of {what}"
+    return check
+
+
 def _choice(*allowed):
     def check(v):
         return None if v in allowed else f"must be one of {list(allowed)}"
@@ -81,7 +94,7 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], str | None], str]] = {
     # deep neural regression collapse (paper B, notebooks 3x)
     "reg_dataset": ((str,), _choice(*(k for k, v in REGRESSION_INFO.items() if v[0] == "vector")),
                     "regression set of the MLP runs (generated 'synthetic', or a paper set on this machine)"),
-    "reg_samples": ((int,), lambda v: None if v >= 10 else "must be >= 10", "samples of a generated set (80/20 split)"),
+    "reg_samples": ((int,), _at_least(10), "samples of a generated set (80/20 split)"),
     "reg_input_dim": ((int,), _pos, "input dimension d of the synthetic set"),
     "reg_target_dim": ((int,), _pos, "target dimension n of the synthetic set"),
     "reg_rank": ((int,), _pos, "rank r of the synthetic targets (intrinsic dimension, <= reg_target_dim)"),
@@ -94,17 +107,15 @@ SCHEMA: dict[str, tuple[tuple[type, ...], Callable[[Any], str | None], str]] = {
     "reg_batch_size": ((int,), _pos, "mini-batch size of the regression models"),
     "reg_weight_decay": ((float,), _nonneg, "weight decay of the regression models"),
     "reg_checkpoints": ((int,), _pos, "log-spaced epochs at which every layer's NRC is measured"),
-    "reg_wd_grid": ((list,), lambda v: None if v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
-                                                         and x >= 0 for x in v) else "must be a non-empty list of numbers >= 0",
-                    "weight decays of the ablation (notebook 33)"),
+    "reg_wd_grid": ((list,), _nonempty_list(lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0,
+                                            "numbers >= 0"), "weight decays of the ablation (notebook 32)"),
     "reg_seeds": ((int,), _pos, "seeds per weight decay in the ablation"),
-    "reg_rank_grid": ((list,), lambda v: None if v and all(isinstance(x, int) and x > 0 for x in v)
-                      else "must be a non-empty list of positive integers", "target ranks of the intrinsic-dimension run"),
+    "reg_rank_grid": ((list,), _nonempty_list(lambda x: isinstance(x, int) and x > 0, "positive integers"), "target ranks of the intrinsic-dimension run"),
     "reg_rank_target_dim": ((int,), _pos, "target dimension n of the intrinsic-dimension run"),
-    "sprites_samples": ((int,), lambda v: None if v >= 10 else "must be >= 10", "images of the procedural sprites set"),
-    "sprites_size": ((int,), lambda v: None if v >= 8 else "must be >= 8", "side of the sprites images in pixels"),
-    "sprites_targets": ((list,), lambda v: None if v and all(t in ("x", "y", "scale", "rotation") for t in v)
-                        else "must be a non-empty list of 'x', 'y', 'scale', 'rotation'", "factors the ResNet regresses"),
+    "sprites_samples": ((int,), _at_least(10), "images of the procedural sprites set"),
+    "sprites_size": ((int,), _at_least(8), "side of the sprites images in pixels"),
+    "sprites_targets": ((list,), _nonempty_list(lambda t: t in ("x", "y", "scale", "rotation"), "'x', 'y', 'scale', 'rotation'"),
+                        "factors the ResNet regresses"),
     "conv_width": ((int,), _pos, "first-stage channels of the regression ResNet-18"),
     "conv_epochs": ((int,), _pos, "training epochs of the regression ResNet"),
     "conv_lr": ((float,), _pos, "learning rate of the regression ResNet"),

@@ -1000,7 +1000,7 @@ def layer_nrc(model: torch.nn.Module, store, idx: torch.Tensor, *, n: Optional[i
     if W_last.ndim == 2 and W_last.shape[0] == Y_all.shape[1]:
         last = last_layer_from_stats(last_stats, W_last, n=n_t)
         gammas, values, best = nrc3_gamma_scan(W_last, Y_all.detach().cpu(), num=gamma_points)
-        sig = _target_cov_eig(Y_all.detach().cpu())[0]
         last.update({"nrc3_gammas": gammas.tolist(), "nrc3_values": values.tolist(), "nrc3_best_gamma": best,
-                     "lambda_min": float(sig[0]), "explained_variance": rows[-1]["explained_variance"]})
+                     "lambda_min": float(gammas[-1]),  # the scan ends at lambda_min(Sigma)
+                     "explained_variance": rows[-1]["explained_variance"]})
     return {"model_mse": model_mse, "n": n_t, "N": stats[0].N, "layers": rows, "last": last}
