@@ -72,13 +72,14 @@ def record(claim: str, *, held: bool | None, criterion: str, measured: dict, sum
         raise ValueError(f"unknown claim {claim!r}; known: {sorted(CLAIMS)}")
     if held is not None and not isinstance(held, bool):
         raise ValueError(f"held must be True, False or None, got {held!r}")
-    entries = load()
-    entries[claim + variant] = _clean({"id": claim, "variant": variant, "claim": CLAIMS[claim], "held": held, "criterion": criterion, "measured": measured,
+    js, md = _paths()
+    with manifest.locked(js):  # notebooks may run side by side (dask executor): read-modify-write under a lock
+        entries = load()
+        entries[claim + variant] = _clean({"id": claim, "variant": variant, "claim": CLAIMS[claim], "held": held, "criterion": criterion, "measured": measured,
                              "summary": summary, "notebook": notebook, "setting": setting or {},
                              "timestamp": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
-    js, md = _paths()
-    artifacts.save_json(js, entries)
-    artifacts.atomic_write_bytes(md, render(entries).encode("utf-8"))
+        artifacts.save_json(js, entries)
+        artifacts.atomic_write_bytes(md, render(entries).encode("utf-8"))
     return entries[claim + variant]
 
 

@@ -138,8 +138,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Exclusive ``flock`` on ``<manifest>.lock`` for the duration of the block."""
+def locked(path: Path) -> Iterator[None]:
+    """Exclusive ``flock`` on ``<path>.lock`` for the duration of the block (the manifest, the claims file)."""
     lock = path.with_name(path.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a+b") as fh:
@@ -153,7 +153,7 @@ def _locked(path: Path) -> Iterator[None]:
 def update(mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Apply ``mutate(manifest)`` under the lock and write the result atomically; return it."""
     path = manifest_path()
-    with _locked(path):
+    with locked(path):
         data = _read(path)
         mutate(data)
         save_json(path, data)
@@ -163,7 +163,7 @@ def update(mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
 def load() -> dict[str, Any]:
     """The current manifest (``{"run": {}, "figures": {}}`` if there is none yet)."""
     path = manifest_path()
-    with _locked(path):
+    with locked(path):
         return _read(path)
 
 

@@ -111,7 +111,12 @@ def _yscale(ax, key: str) -> None:
 
 
 _TEX = {"±": r"$\pm$", "≤": r"$\le$", "≥": r"$\ge$", "λ": r"$\lambda$", "θ": r"$\theta$", "%": r"\%", "_": r"\_",
-        "&": r"\&", "×": r"$\times$"}
+        "&": r"\&", "×": r"$\times$", "∈": r"$\in$", "{": r"\{", "}": r"\}", "#": r"\#"}
+
+
+def tex_escape(s: str) -> str:
+    """Plain text (a caption, a table cell) as LaTeX: symbols to math, specials escaped."""
+    return "".join(_TEX.get(ch, ch) for ch in s)
 
 
 def tables(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, str]:
@@ -121,9 +126,6 @@ def tables(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, s
     md = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                    + ["| " + " | ".join(r) + " |" for r in rows])
 
-    def esc(s: str) -> str:
-        return "".join(_TEX.get(ch, ch) for ch in s)
-
-    tex = "\n".join([r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", " & ".join(map(esc, header)) + r" \\",
-                     r"\midrule"] + [" & ".join(map(esc, r)) + r" \\" for r in rows] + [r"\bottomrule", r"\end{tabular}"])
+    tex = "\n".join([r"\begin{tabular}{" + "l" * len(header) + "}", r"\toprule", " & ".join(map(tex_escape, header)) + r" \\",
+                     r"\midrule"] + [" & ".join(map(tex_escape, r)) + r" \\" for r in rows] + [r"\bottomrule", r"\end{tabular}"])
     return md + "\n", tex + "\n"

@@ -1,18 +1,17 @@
-"""Run the numbered notebooks in order through papermill (``python -m nbutils run``).
+"""Run the numbered notebooks through papermill (``python -m nbutils run``).
 
 Notebooks are ``notebooks/NN_slug.ipynb``; each has a cell tagged ``parameters`` declaring at least
-``profile = "quick"``. :func:`run_pipeline` checks everything it can before running anything (the
-profile exists, every ``-p name=value`` is declared by a selected notebook), then executes the
-notebooks one after another, keeps each executed copy under ``build/executed/``, records the run in
-``figures/manifest.json`` and prints a summary table.
+``profile = "quick"`` and says in its metadata which earlier notebooks it needs (:mod:`nbutils.dag`).
+:func:`run_pipeline` checks everything it can before running anything (the profile exists, every
+``-p name=value`` is declared by a selected notebook), then executes the notebooks as a DAG (in name
+order by default, side by side with ``executor="dask"``), keeps each executed copy under
+``build/executed/``, records the run in ``figures/manifest.json`` and prints a summary table.
 """
 from __future__ import annotations
 
 import ast
 import datetime as _dt
-import os
 import re
-import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -132,79 +131,36 @@ def run_pipeline(
     kernel_name: str = "python3",
     stop_on_error: bool = True,
     progress: bool = True,
+    executor: str = "sequential",
+    scheduler: str | None = None,
+    workers: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Execute the selected notebooks in order; return one result dict per notebook.
+    """Execute the selected notebooks as a DAG (:mod:`nbutils.dag`); return one result dict per notebook.
 
-    Each result: ``{"name", "seconds", "status": "ok"|"failed"|"skipped", "output", "error"}`` where
-    ``error`` is None or ``{"cell": execution count, "ename", "evalue"}`` (the execution count is the
-    ``In [n]`` of the executed copy, which counts papermill's injected-parameters cell).
+    Each result: ``{"name", "seconds", "status": "ok"|"failed"|"skipped", "output", "error", "cause"}``
+    where ``error`` is None or ``{"cell": execution count, "ename", "evalue"}`` (the execution count is
+    the ``In [n]`` of the executed copy, which counts papermill's injected-parameters cell) and
+    ``cause`` says which failed notebook a skipped one needed. A failure skips only the notebooks that
+    need it (``stop_on_error=False``: not even those). ``executor="dask"`` runs independent notebooks
+    side by side (``scheduler``: address of a running cluster; else a LocalCluster of ``workers``).
     Raises ValueError before running anything if ``profile`` or a parameter is unknown.
     """
-    import papermill
+    from nbutils import dag
 
     params = dict(params or {})
     notebooks_dir = Path(notebooks_dir)
     output_dir = Path(output_dir)
-    notebooks = select(discover(notebooks_dir), only)
+    everything = discover(notebooks_dir)
+    notebooks = select(everything, only)
     if not notebooks:
         raise ValueError(f"no notebooks matching {NOTEBOOK_GLOB} in {notebooks_dir}")
     declared = _validate(profile, params, notebooks)
     output_dir.mkdir(parents=True, exist_ok=True)
-
+    runs = dag.plan(notebooks, everything, profile, params, declared, output_dir=output_dir, kernel_name=kernel_name,
+                    universal=UNIVERSAL_PARAMS)
     started = _dt.datetime.now(_dt.timezone.utc)
-    results: list[dict[str, Any]] = []
-    failed = False
-    for i, nb in enumerate(notebooks, 1):
-        name = nb.stem
-        if failed and stop_on_error:
-            results.append({"name": name, "seconds": None, "status": "skipped", "output": None, "error": None})
-            continue
-        nb_params = {"profile": profile}
-        nb_params.update({k: v for k, v in params.items() if k in declared[nb] or k in UNIVERSAL_PARAMS})
-        output = output_dir / nb.name
-        if progress:
-            print(f"[{i}/{len(notebooks)}] {name} ...", flush=True)
-        previous = os.environ.get("NBUTILS_NOTEBOOK")
-        os.environ["NBUTILS_NOTEBOOK"] = name
-        t0 = time.perf_counter()
-        error = None
-        try:
-            papermill.execute_notebook(
-                str(nb),
-                str(output),
-                parameters=nb_params,
-                kernel_name=kernel_name,
-                cwd=str(notebooks_dir),
-                progress_bar=False,
-                log_output=False,
-            )
-        except papermill.PapermillExecutionError as exc:
-            error = {"cell": exc.exec_count, "ename": exc.ename, "evalue": exc.evalue}
-        except Exception as exc:  # kernel died, bad notebook file, missing kernel, ...
-            error = {"cell": None, "ename": type(exc).__name__, "evalue": str(exc)}
-        finally:
-            seconds = time.perf_counter() - t0
-            if previous is None:
-                os.environ.pop("NBUTILS_NOTEBOOK", None)
-            else:
-                os.environ["NBUTILS_NOTEBOOK"] = previous
-        status = "ok" if error is None else "failed"
-        failed = failed or error is not None
-        results.append(
-            {
-                "name": name,
-                "seconds": seconds,
-                "status": status,
-                "output": output if output.exists() else None,
-                "error": error,
-            }
-        )
-        if progress:
-            msg = f"[{i}/{len(notebooks)}] {name}: {status} ({seconds:.1f} s)"
-            if error:
-                msg += f" - {error['ename']}: {error['evalue']}"
-            print(msg, flush=True)
-
+    results = dag.execute(runs, executor=executor, scheduler=scheduler, workers=workers,
+                          keep_going=not stop_on_error, progress=progress)
     manifest.record_run(
         profile,
         params,
@@ -229,7 +185,7 @@ def format_summary(results: Sequence[dict[str, Any]]) -> str:
         secs = "-" if r.get("seconds") is None else f"{r['seconds']:.1f}"
         total += r.get("seconds") or 0.0
         lines.append(f"{r['name']:<{width}}  {r['status']:<7}  {secs:>8}")
-    counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "failed", "skipped")}
+    counts = {s: sum(r["status"] == s for r in results) for s in ("ok", "cached", "failed", "skipped")}
     lines.append(f"{'-' * width}  {'-' * 7}  {'-' * 8}")
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     lines.append(f"{'total':<{width}}  {'':<7}  {total:>8.1f}   ({summary})")
@@ -243,6 +199,11 @@ def format_summary(results: Sequence[dict[str, Any]]) -> str:
         lines.append(f"FAILED {r['name']}: {where}: {err.get('ename')}: {_short(err.get('evalue'))}")
         if r.get("output"):
             lines.append(f"  executed copy: {r['output']}")
+    skipped = [r for r in results if r["status"] == "skipped"]
+    if skipped:
+        lines.append("")
+        lines.append("skipped (a notebook they need failed): "
+                     + "; ".join(f"{r['name']} ({r['cause']})" if r.get("cause") else r["name"] for r in skipped))
     return "\n".join(lines)
 
 
