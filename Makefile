@@ -6,7 +6,7 @@ STAMP := $(VENV)/.setup-stamp
 PROFILE ?= quick
 FMNIST_SYSTEM := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data figures smoke test lab bench assignments clean help
+.PHONY: setup data figures smoke test lab bench assignments sweep clean help
 
 help:
 	@echo "make figures   set up, then regenerate every figure with the '$(PROFILE)' profile (PROFILE=smoke|quick|paper)"
@@ -14,6 +14,7 @@ help:
 	@echo "make lab       set up, then open JupyterLab on notebooks/ with the project's kernel"
 	@echo "make bench     set up, then run the benchmarks"
 	@echo "make assignments  set up, then build the course assignments into build/assignments/ (otter-grader)"
+	@echo "make sweep SWEEP=sweeps/B_weight_decay.toml [EXECUTOR=dask]  set up, then run a sweep and write its tables"
 
 # A local virtual environment from the pinned requirements (re-made when they change).
 $(STAMP): requirements.txt pyproject.toml
@@ -49,9 +50,15 @@ lab: setup
 assignments: setup
 	$(PY) -m nbutils assign
 
+SWEEP ?= sweeps/B_weight_decay.toml
+EXECUTOR ?= sequential
+sweep: setup
+	$(PY) -m nbutils sweep $(SWEEP) --profile $(PROFILE) --executor $(EXECUTOR)
+
 bench: setup
 	$(PY) benchmarks/foundation.py
 	$(PY) benchmarks/nrc_bench.py
+	$(PY) benchmarks/sweep_bench.py
 
 clean:
 	rm -rf build figures/*.png figures/*.pdf figures/manifest.json

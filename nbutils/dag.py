@@ -335,7 +335,7 @@ class SequentialExecutor:
     def running(self) -> int:
         return min(1, len(self.queue))
 
-    def wait(self) -> list[tuple[Run, dict]]:
+    def wait(self, tick: Callable[[], None] | None = None) -> list[tuple[Run, dict]]:
         run = min(self.queue, key=lambda r: self.order.get(r.id, 0))
         self.queue.remove(run)
         if self.on_start is not None:
@@ -374,15 +374,18 @@ class DaskExecutor:
                 self._running = sum(k in keys for ks in self.client.processing().values() for k in ks)
             except Exception:  # scheduler busy or gone: keep the last count
                 pass
-        return self._running
+        return min(self._running, len(self.futures))
 
-    def wait(self) -> list[tuple[Run, dict]]:
+    def wait(self, tick: Callable[[], None] | None = None) -> list[tuple[Run, dict]]:
         while True:
             done = [f for f in self.futures if f.done()]
             if done:
                 break
+            if tick is not None:
+                tick()
             time.sleep(0.2)
         out = []
+        self._checked = 0.0  # ask the scheduler again next time
         for f in done:
             run = self.futures.pop(f)
             try:
@@ -430,7 +433,7 @@ class Progress:
 
     def __init__(self, total: int, lines: bool, bar: bool, desc: str = "runs"):
         self.total, self.lines, self.k = total, lines, 0
-        self.bar = None
+        self.bar, self._last = None, ""
         if bar:
             from tqdm.auto import tqdm
 
@@ -461,10 +464,11 @@ class Progress:
             self.bar.update(1)
 
     def counts(self, counts: dict[str, int], running: int, queued: int) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"ok {counts['ok']} · cached {counts['cached']} · running {running} · "
-                                     f"queued {queued} · failed {counts['failed']} · skipped {counts['skipped']}",
-                                     refresh=True)
+        text = (f"ok {counts['ok']} · cached {counts['cached']} · running {running} · queued {queued} · "
+                f"failed {counts['failed']} · skipped {counts['skipped']}")
+        if self.bar is not None and text != self._last:
+            self._last = text
+            self.bar.set_postfix_str(text, refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -495,7 +499,7 @@ def execute(
     A result: ``{"id", "notebook", "params", "status": ok|cached|failed|skipped, "seconds", "output"
     (executed copy or None), "error" ({"cell", "ename", "evalue"} or None), "records", "cause" (why
     skipped)}``. ``executor``: ``"sequential"``, ``"dask"`` or an executor object (``submit``,
-    ``wait``, ``in_flight``, ``running``, ``close``). ``force``: ignore cached results.
+    ``wait(tick)``, ``in_flight``, ``running``, ``close``). ``force``: ignore cached results.
     """
     ids = [r.id for r in runs]
     if len(set(ids)) != len(ids):
@@ -524,6 +528,10 @@ def execute(
     results: dict[str, dict] = {}
     counts = dict.fromkeys(STATUSES, 0)
     pending = list(runs)
+
+    def tick() -> None:
+        running = ex.running()
+        display.counts(counts, running, ex.in_flight() - running)
 
     def done(res: dict) -> None:
         results[res["id"]] = res
@@ -556,10 +564,10 @@ def execute(
                 if pending:  # cannot happen with needs from plan(): they point backwards
                     raise RuntimeError(f"runs waiting on needs that never finish: {[r.id for r in pending]}")
                 break
-            display.counts(counts, ex.running(), ex.in_flight() - ex.running())
-            for _run, res in ex.wait():
+            tick()
+            for _run, res in ex.wait(tick=tick):
                 done(res)
-            display.counts(counts, ex.running(), ex.in_flight() - ex.running())
+            tick()
     finally:
         display.close()
         if executor in ("sequential", "dask"):

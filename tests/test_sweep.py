@@ -253,6 +253,9 @@ def test_cli_sweep(toy, tmp_path, capsys):
     md = (tmp_path / "figures" / "sweep_cli_base.md").read_text()
     assert "| 1 | 10.500 ± 0.707 (2) | 0.500 ± 0.000 (2) |" in md  # x = 10a + seed over seeds 0, 1
     assert (tmp_path / "figures" / "sweep_cli_base.tex").exists()
+    assert cli.main(args[:-1]) == 0  # again, with a line per run: nothing runs
+    lines = capsys.readouterr().out
+    assert "[1/6] 01_base[a=1, seed=0]: cached" in lines and "[6/6] 03_free[seed=1]: cached" in lines
     assert cli.main(["sweep", "--notebooks", str(toy), "--only", "01", "--output", str(tmp_path / "sw")]) == 2
     assert "nothing to sweep" in capsys.readouterr().err
     assert cli.main(["sweep", "--notebooks", str(toy), "--grid", "nope=1,2", "--output", str(tmp_path / "sw")]) == 2
