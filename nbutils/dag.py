@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from nbutils.artifacts import load_json, save_json
+from nbutils.artifacts import config_hash, load_json, save_json
 
 #: Output MIME type of :func:`nbutils.sweep.record`; read back from executed notebooks.
 RECORD_MIME = "application/vnd.nbutils.record+json"
@@ -143,8 +143,6 @@ def _slug(value: Any) -> str:
 
 def run_slug(axes: dict[str, Any]) -> str:
     """File-name-safe name of one grid point: ``seed-1_reg_weight_decay-0.001``."""
-    from nbutils.artifacts import config_hash
-
     if not axes:
         return "default"
     s = "_".join(f"{k}-{_slug(v)}" for k, v in axes.items())
@@ -171,8 +169,8 @@ def plan(
 
     Every notebook is expanded over the grid parameters it declares (``seed`` counts as declared by
     all): ``01_train_original`` in a sweep over ``forget_classes`` × 3 seeds has 3 runs, a method
-    notebook 3 × |forget_classes|. A run needs the run of each needed notebook whose parameters agree
-    on that notebook's axes. ``cacheable`` (sweeps): each run keeps its executed notebook, a record
+    notebook 3 × |forget_classes|. A run needs the runs of each needed notebook that agree with it on
+    the grid parameters both declare (all runs of that notebook when it has axes this one lacks). ``cacheable`` (sweeps): each run keeps its executed notebook, a record
     file and its figures under ``output_dir/<notebook>/<grid point>``; otherwise (the pipeline)
     ``output_dir/<notebook>.ipynb`` and the figures go to ``figures/``.
     """
@@ -182,26 +180,22 @@ def plan(
     selected = {p.stem for p in notebooks}
     output_dir = Path(output_dir)
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-    axes_of: dict[str, list[str]] = {}
+    runs_of: dict[str, list[tuple[dict, str]]] = {}  # notebook -> [(grid point as JSON, run id)]
     runs: list[Run] = []
-    by_point: dict[tuple, str] = {}
     for nb in notebooks:
         stem = nb.stem
         axes = [g for g in grid if g in declared[nb] or g in universal]
-        axes_of[stem] = axes
         fixed = {k: v for k, v in params.items() if k in declared[nb] or k in universal}
         src = source_hash(nb)
         for values in itertools.product(*(grid[a] for a in axes)):
             point = dict(zip(axes, values))
             p = {"profile": profile, **fixed, **point}
-            needs = []
-            for m in effective_needs(graph, stem, selected):
-                sub = tuple((a, json.dumps(point[a], sort_keys=True)) for a in axes_of[m])
-                needs.append(by_point[(m, sub)])
+            mine = {a: json.dumps(v, sort_keys=True) for a, v in point.items()}
+            # the runs of each needed notebook that agree on the axes both have (all of them on the others)
+            needs = [rid for m in effective_needs(graph, stem, selected) for pt, rid in runs_of[m]
+                     if all(mine[a] == v for a, v in pt.items() if a in mine)]
             rid = run_label(stem, point)
-            by_point[(stem, tuple((a, json.dumps(point[a], sort_keys=True)) for a in axes))] = rid
-            from nbutils.artifacts import config_hash
-
+            runs_of.setdefault(stem, []).append((mine, rid))
             key = config_hash({"source": src, "params": p, "kernel": kernel_name})
             if cacheable:
                 base = output_dir / stem / run_slug(point)

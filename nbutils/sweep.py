@@ -135,13 +135,14 @@ def seed_values(seeds: int | Sequence[int] | None) -> list[int] | None:
 @dataclass
 class Table:
     """One aggregated table: rows named by ``rows`` (grid parameters and/or the record's key fields),
-    one column per entry of ``columns`` (record field → header), cells mean ± std (n)."""
+    one column per entry of ``columns`` (record field → header), cells mean ± std (n). ``scale``: a
+    factor for every column or ``{field: factor}`` (e.g. 100 for fractions shown as percent)."""
 
     name: str
     record: str
     rows: list[str]
     columns: dict[str, str]
-    scale: float = 1.0
+    scale: float | dict = 1.0
     digits: int = 3
     caption: str = ""
 
@@ -187,8 +188,12 @@ def load_spec(path: str | Path) -> Spec:
         cols = t["columns"]
         if isinstance(cols, list):
             cols = {c: c for c in cols}
+        scale = t.get("scale", 1.0)
+        scale = {str(k): float(v) for k, v in scale.items()} if isinstance(scale, dict) else float(scale)
+        if isinstance(scale, dict) and set(scale) - set(cols):
+            raise ValueError(f"{path.name}: table {t['name']!r}: scale names unknown column(s) {sorted(set(scale) - set(cols))}")
         tables.append(Table(name=t["name"], record=t["record"], rows=list(t["rows"]), columns=dict(cols),
-                            scale=float(t.get("scale", 1.0)), digits=int(t.get("digits", 3)),
+                            scale=scale, digits=int(t.get("digits", 3)),
                             caption=t.get("caption", "")))
     return Spec(name=path.stem, notebooks=[str(n) for n in d["notebooks"]], grid=dict(d.get("grid", {})),
                 seeds=d.get("seeds"), params=dict(d.get("params", {})), average=list(d.get("average", [])),
@@ -288,7 +293,8 @@ def build_table(results: Sequence[dict], table: Table) -> tuple[str, str, int]:
 
     groups = aggregate(results, table.record, table.rows, list(table.columns))
     header = list(table.rows) + list(table.columns.values())
-    body = [list(key) + [format_cell(cells[c], table.scale, table.digits) for c in table.columns]
+    scale = table.scale if isinstance(table.scale, dict) else dict.fromkeys(table.columns, table.scale)
+    body = [list(key) + [format_cell(cells[c], scale.get(c, 1.0), table.digits) for c in table.columns]
             for key, cells in groups]
     md, tex = tables(header, body)
     return md, tex, len(body)

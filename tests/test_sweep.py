@@ -73,6 +73,10 @@ def test_plan_expands_each_notebook_over_its_own_axes(toy):
     # every run has its own executed notebook, record and figures folder; keys differ
     assert len({r.output for r in runs}) == len({r.record for r in runs}) == len({r.key for r in runs}) == len(runs)
     assert dep.output.endswith("02_dep/a-2_b-w_seed-1.ipynb") and dep.figures_dir.endswith("a-2_b-w_seed-1.figures")
+    # an axis only the needed notebook has: wait for all of its runs
+    runs = _plan(toy, {"delay": [0.0, 0.5], "seed": [0]})
+    dep = next(r for r in runs if r.name == "02_dep")
+    assert dep.needs == ("01_base[delay=0.0, seed=0]", "01_base[delay=0.5, seed=0]")
 
 
 def test_needs_are_resolved_through_unselected_notebooks(tmp_path):
@@ -144,6 +148,8 @@ def test_aggregate_mean_std_and_counts():
     md, tex, nrows = sweep.build_table(results, sweep.Table("x", "t", ["wd", "layer"], {"m": "M"}, digits=2))
     assert nrows == 4 and "| wd | layer | M |" in md and "| 0 | 1 | 2.00 ± 1.41 (2) |" in md
     assert r"2.00 $\pm$ 1.41 (2)" in tex and r"\toprule" in tex
+    md, _, _ = sweep.build_table(results, sweep.Table("x", "t", ["wd", "layer"], {"m": "M"}, scale={"m": 10}, digits=0))
+    assert "| 0 | 1 | 20 ± 14 (2) |" in md
     [t] = sweep.default_tables(results, {"wd": [0.0, 0.1], "seed": [0, 1]}, ["seed"], "demo")
     assert (t.name, t.rows, list(t.columns)) == ("sweep_demo_t", ["wd", "layer"], ["m"])
     with pytest.raises(ValueError, match="neither a field"):
@@ -184,7 +190,9 @@ def test_sweep_files_plan_for_every_profile(path):
 def test_load_spec_errors(tmp_path):
     p = tmp_path / "s.toml"
     for text, msg in [("notebooks = []", "non-empty"), ("notebooks = ['30']\nbogus = 1", "unknown key"),
-                      ("notebooks = ['30']\n[[tables]]\nname = 'x'", "needs name, record"), ("notebooks = [", "TOML")]:
+                      ("notebooks = ['30']\n[[tables]]\nname = 'x'", "needs name, record"), ("notebooks = [", "TOML"),
+                      ("notebooks = ['30']\n[[tables]]\nname = 'x'\nrecord = 'r'\nrows = []\ncolumns = ['a']\n"
+                       "scale = { b = 100 }", "unknown column")]:
         p.write_text(text)
         with pytest.raises(ValueError, match=msg):
             sweep.load_spec(p)
