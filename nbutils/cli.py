@@ -33,13 +33,16 @@ def _add_executor_options(p: argparse.ArgumentParser) -> None:
                    help="address of a running Dask scheduler (tcp://host:8786) to use instead of a LocalCluster; "
                         "implies --executor dask")
     g.add_argument("--workers", type=int, metavar="N",
-                   help="worker processes of the LocalCluster (default: one per CPU core; each run's kernel gets "
-                        "cores / N threads)")
+                   help="worker processes of the LocalCluster (default: one per CPU core)")
+    g.add_argument("--threads", type=int, metavar="N",
+                   help="threads of each notebook's kernel (default: all cores sequentially, cores / workers on "
+                        "a LocalCluster); runs are bit-identical across executors only at equal --threads")
 
 
 def _executor(args: argparse.Namespace) -> str:
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    for opt in ("workers", "threads"):
+        if getattr(args, opt) is not None and getattr(args, opt) < 1:
+            raise ValueError(f"--{opt} must be >= 1, got {getattr(args, opt)}")
     return "dask" if args.scheduler else args.executor
 
 
@@ -111,6 +114,7 @@ def handle_run(args: argparse.Namespace) -> int:
             executor=_executor(args),
             scheduler=args.scheduler,
             workers=args.workers,
+            threads=args.threads,
         )
     except ValueError as exc:
         print(f"nbutils run: error: {exc}", file=sys.stderr)
@@ -206,7 +210,7 @@ def handle_sweep(args: argparse.Namespace) -> int:
         if not spec.grid and spec.seeds is None:
             raise ValueError("nothing to sweep: give --grid NAME=V1,V2 and/or --seeds N (or a sweep file)")
         out = sweep.run_sweep(spec, profile=args.profile, executor=_executor(args), scheduler=args.scheduler,
-                              workers=args.workers, output_dir=args.output or sweep.OUTPUT_DIR,
+                              workers=args.workers, threads=args.threads, output_dir=args.output or sweep.OUTPUT_DIR,
                               notebooks_dir=args.notebooks, force=args.force, keep_going=args.keep_going,
                               progress=not args.quiet, kernel_name=args.kernel)
     except ValueError as exc:

@@ -130,9 +130,10 @@ def effective_needs(graph: dict[str, list[str]], stem: str, selected: set[str]) 
 
 
 def source_hash(path: str | Path) -> str:
-    """Hash of a notebook's cell sources (not outputs or metadata): what decides its results."""
+    """Hash of a notebook's code (code cells' sources; not markdown, outputs or metadata): what decides its
+    results, so editing the prose does not invalidate a sweep's finished runs."""
     nb = json.loads(Path(path).read_text())
-    blob = json.dumps([(c.get("cell_type"), "".join(c.get("source", ""))) for c in nb.get("cells", [])])
+    blob = json.dumps(["".join(c.get("source", "")) for c in nb.get("cells", []) if c.get("cell_type") == "code"])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -395,11 +396,13 @@ class DaskExecutor:
                 obj.close()
 
 
-def dask_executor(scheduler: str | None = None, workers: int | None = None, retries: int = 2) -> DaskExecutor:
+def dask_executor(scheduler: str | None = None, workers: int | None = None, retries: int = 2,
+                  threads: int | None = None) -> DaskExecutor:
     """A :class:`DaskExecutor` on the cluster at ``scheduler``, or on a new ``LocalCluster``.
 
     The local cluster has ``workers`` one-thread worker processes (default: one per CPU core) and each
-    run's kernel gets ``cores // workers`` threads; no dashboard.
+    run's kernel gets ``threads`` threads (default ``cores // workers``); no dashboard. On a cluster of
+    your own the kernels get ``threads`` if given, else the workers' environment decides.
     """
     import logging
 
@@ -407,7 +410,7 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None, retr
 
     if scheduler:
         client = Client(scheduler, timeout="30s")
-        return DaskExecutor(client, threads=None, retries=retries)
+        return DaskExecutor(client, threads=threads, retries=retries)
     cores = os.cpu_count() or 1
     n = workers or cores
     if n < 1:
@@ -415,7 +418,7 @@ def dask_executor(scheduler: str | None = None, workers: int | None = None, retr
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                            silence_logs=logging.ERROR)
     client = Client(cluster)
-    return DaskExecutor(client, threads=max(1, cores // n), retries=retries, owns=[cluster])
+    return DaskExecutor(client, threads=threads or max(1, cores // n), retries=retries, owns=[cluster])
 
 
 # ----------------------------------------------------------------------------- progress
@@ -482,6 +485,7 @@ def execute(
     executor: str | Any = "sequential",
     scheduler: str | None = None,
     workers: int | None = None,
+    threads: int | None = None,
     keep_going: bool = False,
     force: bool = False,
     progress: bool = True,
@@ -494,7 +498,12 @@ def execute(
     (executed copy or None), "error" ({"cell", "ename", "evalue"} or None), "records", "cause" (why
     skipped)}``. ``executor``: ``"sequential"``, ``"dask"`` or an executor object (``submit``,
     ``wait(tick)``, ``in_flight``, ``running``, ``close``). ``force``: ignore cached results.
+    ``threads``: OMP/MKL/OpenBLAS threads of every kernel (default: all cores sequentially, cores /
+    workers on a LocalCluster). Results are bit-identical across executors at equal ``threads``, not
+    across thread counts (a convolution's sums are split differently).
     """
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     ids = [r.id for r in runs]
     if len(set(ids)) != len(ids):
         raise ValueError("run ids must be unique")
@@ -508,9 +517,9 @@ def execute(
 
         bar = progress and progress_enabled()
     if executor == "sequential":
-        ex = SequentialExecutor()
+        ex = SequentialExecutor(threads=threads)
     elif executor == "dask":
-        ex = dask_executor(scheduler=scheduler, workers=workers)
+        ex = dask_executor(scheduler=scheduler, workers=workers, threads=threads)
     elif isinstance(executor, str):
         raise ValueError(f"unknown executor {executor!r}; allowed: sequential, dask")
     else:

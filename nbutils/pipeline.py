@@ -134,6 +134,7 @@ def run_pipeline(
     executor: str = "sequential",
     scheduler: str | None = None,
     workers: int | None = None,
+    threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Execute the selected notebooks as a DAG (:mod:`nbutils.dag`); return one result dict per notebook.
 
@@ -142,7 +143,8 @@ def run_pipeline(
     the ``In [n]`` of the executed copy, which counts papermill's injected-parameters cell) and
     ``cause`` says which failed notebook a skipped one needed. A failure skips only the notebooks that
     need it (``stop_on_error=False``: not even those). ``executor="dask"`` runs independent notebooks
-    side by side (``scheduler``: address of a running cluster; else a LocalCluster of ``workers``).
+    side by side (``scheduler``: address of a running cluster; else a LocalCluster of ``workers``);
+    ``threads``: threads of each notebook's kernel (see :func:`nbutils.dag.execute`).
     Raises ValueError before running anything if ``profile`` or a parameter is unknown.
     """
     from nbutils import dag
@@ -159,7 +161,7 @@ def run_pipeline(
     runs = dag.plan(notebooks, everything, profile, params, declared, output_dir=output_dir, kernel_name=kernel_name,
                     universal=UNIVERSAL_PARAMS)
     started = _dt.datetime.now(_dt.timezone.utc)
-    results = dag.execute(runs, executor=executor, scheduler=scheduler, workers=workers,
+    results = dag.execute(runs, executor=executor, scheduler=scheduler, workers=workers, threads=threads,
                           keep_going=not stop_on_error, progress=progress)
     manifest.record_run(
         profile,

@@ -334,6 +334,7 @@ def run_sweep(
     executor: str | Any = "sequential",
     scheduler: str | None = None,
     workers: int | None = None,
+    threads: int | None = None,
     output_dir: str | Path = OUTPUT_DIR,
     notebooks_dir: str | Path | None = None,
     force: bool = False,
@@ -372,8 +373,8 @@ def run_sweep(
     runs = dag.plan(notebooks, everything, profile, spec.params, declared, grid=grid, output_dir=out, cacheable=True,
                     kernel_name=kernel_name, universal=pipeline.UNIVERSAL_PARAMS)
     started = _dt.datetime.now(_dt.timezone.utc)
-    results = dag.execute(runs, executor=executor, scheduler=scheduler, workers=workers, keep_going=keep_going,
-                          force=force, progress=progress)
+    results = dag.execute(runs, executor=executor, scheduler=scheduler, workers=workers, threads=threads,
+                          keep_going=keep_going, force=force, progress=progress)
     written = []
     if write_tables:
         written = write_sweep_tables(results, spec, grid, average, profile)

@@ -46,7 +46,8 @@ def toy(tmp_path):
         "from nbutils.sweep import record\nrecord('dep', [{'k': i, 'v': a * i + seed, 'b': b} for i in range(2)], key=['k'])",
         needs=["01"])
     _nb(d / "03_free.ipynb", 'profile = "quick"\nseed = 0',
-        "from nbutils.sweep import record\nrecord('free', {'z': seed})", needs=[])
+        "import os\nfrom nbutils.sweep import record\nrecord('free', {'z': seed, 'omp': int(os.environ.get('OMP_NUM_THREADS', 0))})",
+        needs=[])
     return d
 
 
@@ -243,8 +244,12 @@ def test_rerunning_a_finished_sweep_does_no_work(toy, tmp_path, monkeypatch):
     assert time.perf_counter() - t0 < 10
     assert {p: Path(p).read_text() for p in second["tables"]} == tables
     assert [r["records"] for r in second["results"]] == [r["records"] for r in first["results"]]
-    # a changed notebook runs again (its source is part of the key); its needs stay cached
+    # a changed notebook runs again (its code is part of the key); its needs stay cached, and so does a
+    # notebook whose prose alone changed
     monkeypatch.undo()
+    base = nbformat.read(toy / "01_base.ipynb", 4)
+    base.cells.append(nbformat.v4.new_markdown_cell("## What to notice\nonly prose changed"))
+    nbformat.write(base, toy / "01_base.ipynb")
     nb = nbformat.read(toy / "02_dep.ipynb", 4)
     nb.cells[1].source = nb.cells[1].source.replace("a * i", "a * i + 100")
     nbformat.write(nb, toy / "02_dep.ipynb")
@@ -319,21 +324,28 @@ def _numbers(results):
 
 @pytest.mark.timeout(600)
 def test_dask_sweep_equals_sequential(cluster, tmp_path, monkeypatch):
-    """Notebook 30 (smoke) over 2 weight decays × 2 seeds, each executor from an empty results cache."""
-    spec = lambda: sweep.Spec(name="wd", notebooks=["30"], grid={"reg_weight_decay": [0.0, 5e-3]}, seeds=2,
+    """Notebook 30 (smoke) over 2 weight decays × 2 seeds, plus notebook 01 (a ResNet) per seed; each executor
+    from an empty results cache, both with one thread per kernel: the same numbers and the same weights."""
+    import hashlib
+
+    spec = lambda: sweep.Spec(name="wd", notebooks=["01", "30"], grid={"reg_weight_decay": [0.0, 5e-3]}, seeds=2,
                               tables=sweep.load_spec(REPO_ROOT / "sweeps" / "B_weight_decay.toml").tables)
     outs = {}
     for name, executor in [("seq", "sequential"), ("dask", dag.DaskExecutor(cluster, threads=1))]:
         monkeypatch.setenv("NBUTILS_RESULTS", str(tmp_path / name / "results"))
         monkeypatch.setenv("NBUTILS_FIGURES_DIR", str(tmp_path / name / "figures"))
-        outs[name] = sweep.run_sweep(spec(), profile="smoke", executor=executor, output_dir=tmp_path / name / "sw",
-                                     progress=False)
-        assert [r["status"] for r in outs[name]["results"]] == ["ok"] * 4
+        outs[name] = sweep.run_sweep(spec(), profile="smoke", executor=executor, threads=1,
+                                     output_dir=tmp_path / name / "sw", progress=False)
+        assert [r["status"] for r in outs[name]["results"]] == ["ok"] * 6
     seq, dsk = _numbers(outs["seq"]["results"]), _numbers(outs["dask"]["results"])
     assert seq == dsk and len(seq["30_deep_nrc_mlp[reg_weight_decay=0.005, seed=1]"]["layers"]["rows"]) == 4
     for t in ("B_sweep_weight_decay_layers", "B_sweep_weight_decay_fit"):
         a = (tmp_path / "seq" / "figures" / f"{t}.md").read_text()
         assert a == (tmp_path / "dask" / "figures" / f"{t}.md").read_text() and "(2) |" in a
+    weights = {name: {p.relative_to(tmp_path / name): hashlib.sha256(p.read_bytes()).hexdigest()
+                      for p in (tmp_path / name / "results").rglob("model.pt")} for name in outs}
+    assert sorted(p.parts[1].split("-")[0] for p in weights["seq"]) == ["original"] * 2 + ["regressor"] * 4
+    assert weights["seq"] == weights["dask"]  # bit-identical weights, ResNet included
 
 
 @pytest.mark.timeout(600)
@@ -375,3 +387,4 @@ def test_pipeline_on_dask_runs_the_same_dag(cluster, toy, tmp_path):
     assert [(r["name"], r["status"]) for r in results] == [("01_base", "failed"), ("02_dep", "skipped"),
                                                            ("03_free", "ok")]
     assert results[0]["error"]["cell"] == 4 and (tmp_path / "ex" / "01_base.ipynb").exists()
+    assert results[2]["records"]["free"]["rows"] == [{"z": 0, "omp": 1}]  # the kernel got the executor's threads
