@@ -82,9 +82,14 @@ _QUICK = {
     "boundary_expand": {"epochs": 3, "lr": 1e-3},
 }
 _SMOKE = {m: {**hp, **({"epochs": 1} if "epochs" in hp else {})} for m, hp in _QUICK.items()}
-_SMOKE["unsir"] = {**_QUICK["unsir"], "noise_samples": 64, "noise_steps": 20, "retain_per_class": 100,
+# SCRUB at lr 1e-3 and UNSIR with 20 noise steps forgot on one CPU and not on another (an AVX-512 Xeon:
+# SCRUB's forget accuracy rose 0.865 -> 0.946 on the tests' forget class 3, seed 0; classifier-only UNSIR
+# stayed at 0.351). Measured on smoke digits, forget class 3, seeds 0/1/2: SCRUB at lr 3e-3 forget
+# 0.108/0.054/0.027 (retain 0.929/0.938/0.932); UNSIR with 60 noise steps 0.162/0.081/0.054, classifier-only
+# 0.135/0.000/0.000 -- margins that do not hang on the last bits of a trajectory.
+_SMOKE["unsir"] = {**_QUICK["unsir"], "noise_samples": 64, "noise_steps": 60, "retain_per_class": 100,
                    "impair_epochs": 3, "lr": 0.05}
-_SMOKE["scrub"] = {**_QUICK["scrub"], "epochs": 2, "max_epochs": 1}
+_SMOKE["scrub"] = {**_QUICK["scrub"], "epochs": 2, "max_epochs": 1, "lr": 3e-3}
 _SMOKE["svd"] = {**_QUICK["svd"], "samples_per_class": 20, "patches_per_image": 4}
 HPARAMS: dict[str, dict[str, dict[str, Any]]] = {"paper": _PAPER, "quick": _QUICK, "smoke": _SMOKE}
 
