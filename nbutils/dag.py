@@ -453,7 +453,7 @@ class Progress:
         secs = f" ({res['seconds']:.1f} s)" if res["status"] in ("ok", "failed") and res.get("seconds") else ""
         msg = f"[{self.k}/{self.total}] {res['id']}: {res['status']}{secs}"
         if res.get("error"):
-            msg += f" - {res['error']['ename']}: {_short(res['error']['evalue'], 160)}"
+            msg += f" - {res['error']['ename']}: {shorten(res['error']['evalue'], 160)}"
         if res.get("cause"):
             msg += f" ({res['cause']})"
         self._print(msg)
@@ -472,9 +472,20 @@ class Progress:
             self.bar.close()
 
 
-def _short(text: Any, limit: int = 200) -> str:
+def shorten(text: Any, limit: int = 200) -> str:
+    """``text`` on one line, cut to ``limit`` characters."""
     s = " ".join(str(text).split())
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def failure_lines(res: dict, label: str = "executed copy") -> list[str]:
+    """``FAILED <run>: cell In [n]: Error: message`` and where its executed notebook is."""
+    err = res.get("error") or {}
+    where = f"cell In [{err['cell']}]" if err.get("cell") is not None else "outside a cell"
+    lines = [f"FAILED {res['name']}: {where}: {err.get('ename')}: {shorten(err.get('evalue'))}"]
+    if res.get("output"):
+        lines.append(f"  {label}: {res['output']}")
+    return lines
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -580,4 +591,4 @@ def execute(
 
 __all__ = ["RECORD_MIME", "Run", "declared_needs", "needs_graph", "effective_needs", "source_hash", "run_slug",
            "plan", "read_records", "run_one", "cached_result", "SequentialExecutor", "DaskExecutor", "dask_executor",
-           "Progress", "execute"]
+           "Progress", "execute", "shorten", "failure_lines"]

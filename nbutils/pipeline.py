@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from nbutils import manifest
+from nbutils import dag, manifest
 from nbutils.artifacts import REPO_ROOT
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
@@ -147,8 +147,6 @@ def run_pipeline(
     ``threads``: threads of each notebook's kernel (see :func:`nbutils.dag.execute`).
     Raises ValueError before running anything if ``profile`` or a parameter is unknown.
     """
-    from nbutils import dag
-
     params = dict(params or {})
     notebooks_dir = Path(notebooks_dir)
     output_dir = Path(output_dir)
@@ -173,11 +171,6 @@ def run_pipeline(
     return results
 
 
-def _short(text: Any, limit: int = 200) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
-
-
 def format_summary(results: Sequence[dict[str, Any]]) -> str:
     """The results of :func:`run_pipeline` as a plain-text table, with details of each failure."""
     width = max([len("notebook")] + [len(r["name"]) for r in results])
@@ -192,15 +185,8 @@ def format_summary(results: Sequence[dict[str, Any]]) -> str:
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     lines.append(f"{'total':<{width}}  {'':<7}  {total:>8.1f}   ({summary})")
     for r in results:
-        if r["status"] != "failed":
-            continue
-        err = r.get("error") or {}
-        cell = err.get("cell")
-        where = f"cell In [{cell}]" if cell is not None else "outside a cell"
-        lines.append("")
-        lines.append(f"FAILED {r['name']}: {where}: {err.get('ename')}: {_short(err.get('evalue'))}")
-        if r.get("output"):
-            lines.append(f"  executed copy: {r['output']}")
+        if r["status"] == "failed":
+            lines += [""] + dag.failure_lines(r)
     skipped = [r for r in results if r["status"] == "skipped"]
     if skipped:
         lines.append("")

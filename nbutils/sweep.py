@@ -414,8 +414,6 @@ def write_sweep_tables(results: Sequence[dict], spec: Spec, grid: dict[str, list
 def format_sweep_summary(results: Sequence[dict], tables: Sequence[Path] = ()) -> str:
     """Counts per notebook and status, total run time, every failed run with its cell and executed
     notebook, the skipped runs' causes, and the tables written."""
-    from nbutils.pipeline import _short
-
     per: dict[str, dict[str, Any]] = {}
     for r in results:
         d = per.setdefault(r["notebook"], {**dict.fromkeys(dag.STATUSES, 0), "seconds": 0.0})
@@ -437,10 +435,7 @@ def format_sweep_summary(results: Sequence[dict], tables: Sequence[Path] = ()) -
                  f"{tot['skipped']:>7}  {tot['seconds']:>8.1f}")
     for r in results:
         if r["status"] == "failed":
-            err = r.get("error") or {}
-            where = f"cell In [{err['cell']}]" if err.get("cell") is not None else "outside a cell"
-            lines.append(f"FAILED {r['id']}: {where}: {err.get('ename')}: {_short(err.get('evalue'))}")
-            lines.append(f"  executed notebook: {r.get('output') or '(none written)'}")
+            lines += dag.failure_lines(r, label="executed notebook")
     skipped = [r for r in results if r["status"] == "skipped"]
     if skipped:
         lines.append(f"skipped {len(skipped)} run(s) whose needs failed: "
