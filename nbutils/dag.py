@@ -501,7 +501,6 @@ def execute(
     force: bool = False,
     progress: bool = True,
     bar: bool | None = None,
-    on_result: Callable[[dict], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run the DAG; return one result per run, in ``runs`` order.
 
@@ -551,8 +550,6 @@ def execute(
         results[res["id"]] = res
         counts[res["status"]] += 1
         display.finished(res)
-        if on_result is not None:
-            on_result(res)
 
     try:
         while True:

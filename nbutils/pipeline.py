@@ -103,7 +103,9 @@ def _profiles() -> dict[str, Any]:
     return profiles.PROFILES
 
 
-def _validate(profile: str, params: dict[str, Any], notebooks: list[Path]) -> dict[Path, set[str]]:
+def validate(profile: str, params: dict[str, Any], notebooks: list[Path]) -> dict[Path, set[str]]:
+    """Check ``profile`` and that every parameter is declared by a selected notebook (or universal);
+    return each notebook's declared parameter names. Raises ValueError naming what is allowed."""
     allowed = list(_profiles())
     if profile not in allowed:
         raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(allowed)}")
@@ -154,7 +156,7 @@ def run_pipeline(
     notebooks = select(everything, only)
     if not notebooks:
         raise ValueError(f"no notebooks matching {NOTEBOOK_GLOB} in {notebooks_dir}")
-    declared = _validate(profile, params, notebooks)
+    declared = validate(profile, params, notebooks)
     output_dir.mkdir(parents=True, exist_ok=True)
     runs = dag.plan(notebooks, everything, profile, params, declared, output_dir=output_dir, kernel_name=kernel_name,
                     universal=UNIVERSAL_PARAMS)
@@ -203,6 +205,7 @@ __all__ = [
     "select",
     "parse_params",
     "declared_parameters",
+    "validate",
     "run_pipeline",
     "format_summary",
 ]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from nbutils import dag
+from nbutils.nrc_report import mean_std
 from nbutils.artifacts import REPO_ROOT, config_hash, save_json
 
 SWEEPS_DIR = REPO_ROOT / "sweeps"
@@ -72,7 +73,7 @@ def record(name: str, rows: Sequence[dict] | dict, key: Sequence[str] = ()) -> N
         missing = [k for k in key if k not in row]
         if missing:
             raise ValueError(f"record {name!r}: row {i} lacks the key field(s) {missing}")
-        clean.append({str(k): _scalar(v) for k, v in row.items() if _scalar(v) is not None or v is None})
+        clean.append({str(k): s for k, v in row.items() if (s := _scalar(v)) is not None or v is None})
     payload = {"name": name, "key": list(key), "rows": clean}
     try:
         from IPython.display import display
@@ -267,21 +268,12 @@ def aggregate(results: Sequence[dict], record_name: str, rows: Sequence[str],
     return list(groups.items())
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean, sample standard deviation (ddof = 1; 0 for one value) and count."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, 0
-    m = sum(values) / n
-    s = math.sqrt(sum((v - m) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return m, s, n
-
-
 def format_cell(values: Sequence[float], scale: float = 1.0, digits: int = 3) -> str:
     """``0.512 ± 0.013 (3)``; ``–`` when no run has the value; no ± for a single run."""
-    m, s, n = mean_std([scale * v for v in values])
+    n = len(values)
     if n == 0:
         return "–"
+    m, s = mean_std([scale * v for v in values])
     if n == 1:
         return f"{m:.{digits}f} (1)"
     return f"{m:.{digits}f} ± {s:.{digits}f} ({n})"
@@ -328,6 +320,37 @@ def sweep_name(notebooks: Sequence[str], grid: dict, params: dict) -> str:
     return "cli-" + config_hash({"notebooks": list(notebooks), "grid": grid, "params": params}, 8)
 
 
+def plan_sweep(spec: Spec, profile: str, output_dir: str | Path = OUTPUT_DIR, notebooks_dir: str | Path | None = None,
+               kernel_name: str = "python3") -> tuple[list[dag.Run], dict[str, list], list[str], Path]:
+    """The runs of a sweep, its resolved grid (seeds included), the axes its tables average over and its
+    output folder; checks profile, notebooks, every grid and fixed parameter (ValueError) first."""
+    from nbutils import pipeline
+
+    notebooks_dir = Path(notebooks_dir or pipeline.NOTEBOOKS_DIR)
+    everything = pipeline.discover(notebooks_dir)
+    notebooks = pipeline.select(everything, spec.notebooks)
+    grid = resolve_grid(spec.grid, profile)
+    seeds = seed_values(spec.seeds)
+    if seeds is not None:
+        if "seed" in grid:
+            raise ValueError("give seeds either as --seeds / 'seeds' or as a grid over 'seed', not both")
+        grid["seed"] = seeds
+    if "profile" in grid:
+        raise ValueError("'profile' cannot be a grid parameter: run one sweep per profile")
+    overlap = set(grid) & set(spec.params)
+    if overlap:
+        raise ValueError(f"parameter(s) {sorted(overlap)} given both as fixed and as a grid")
+    declared = pipeline.validate(profile, {**spec.params, **grid}, notebooks)
+    average = list(dict.fromkeys(["seed", *spec.average]))
+    for a in spec.average:
+        if a not in grid:
+            raise ValueError(f"average over {a!r}: not a grid parameter ({', '.join(grid) or 'none'})")
+    out = Path(output_dir) / spec.name / profile
+    runs = dag.plan(notebooks, everything, profile, spec.params, declared, grid=grid, output_dir=out, cacheable=True,
+                    kernel_name=kernel_name, universal=pipeline.UNIVERSAL_PARAMS)
+    return runs, grid, average, out
+
+
 def run_sweep(
     spec: Spec,
     profile: str = "smoke",
@@ -348,30 +371,7 @@ def run_sweep(
     Checks everything it can (profile, notebooks, every grid and fixed parameter declared by a selected
     notebook) before running anything; raises ValueError then.
     """
-    from nbutils import pipeline
-
-    notebooks_dir = Path(notebooks_dir or pipeline.NOTEBOOKS_DIR)
-    everything = pipeline.discover(notebooks_dir)
-    notebooks = pipeline.select(everything, spec.notebooks)
-    grid = resolve_grid(spec.grid, profile)
-    seeds = seed_values(spec.seeds)
-    if seeds is not None:
-        if "seed" in grid:
-            raise ValueError("give seeds either as --seeds / 'seeds' or as a grid over 'seed', not both")
-        grid["seed"] = seeds
-    if "profile" in grid:
-        raise ValueError("'profile' cannot be a grid parameter: run one sweep per profile")
-    overlap = set(grid) & set(spec.params)
-    if overlap:
-        raise ValueError(f"parameter(s) {sorted(overlap)} given both as fixed and as a grid")
-    declared = pipeline._validate(profile, {**spec.params, **grid}, notebooks)
-    average = list(dict.fromkeys(["seed", *spec.average]))
-    for a in spec.average:
-        if a not in grid:
-            raise ValueError(f"average over {a!r}: not a grid parameter ({', '.join(grid) or 'none'})")
-    out = Path(output_dir) / spec.name / profile
-    runs = dag.plan(notebooks, everything, profile, spec.params, declared, grid=grid, output_dir=out, cacheable=True,
-                    kernel_name=kernel_name, universal=pipeline.UNIVERSAL_PARAMS)
+    runs, grid, average, out = plan_sweep(spec, profile, output_dir, notebooks_dir, kernel_name)
     started = _dt.datetime.now(_dt.timezone.utc)
     results = dag.execute(runs, executor=executor, scheduler=scheduler, workers=workers, threads=threads,
                           keep_going=keep_going, force=force, progress=progress)
@@ -447,5 +447,5 @@ def format_sweep_summary(results: Sequence[dict], tables: Sequence[Path] = ()) -
 
 
 __all__ = ["SWEEPS_DIR", "OUTPUT_DIR", "record", "parse_values", "parse_grid", "seed_values", "Table", "Spec",
-           "load_spec", "resolve_grid", "aggregate", "mean_std", "format_cell", "build_table", "default_tables",
+           "load_spec", "resolve_grid", "plan_sweep", "aggregate", "format_cell", "build_table", "default_tables",
            "sweep_name", "run_sweep", "write_sweep_tables", "format_sweep_summary"]

@@ -142,8 +142,10 @@ def test_aggregate_mean_std_and_counts():
     groups = dict(sweep.aggregate(results, "t", ["wd", "layer"], ["m"]))
     assert groups[("0", "1")]["m"] == [1.0, 3.0] and groups[("0", "2")]["m"] == [2.0, 6.0]
     assert groups[("0.1", "1")]["m"] == [5.0]  # the failed run does not count
-    m, s, n = sweep.mean_std([1.0, 3.0])
-    assert (m, n) == (2.0, 2) and math.isclose(s, math.sqrt(2))
+    from nbutils.nrc_report import mean_std
+
+    m, s = mean_std([1.0, 3.0])
+    assert m == 2.0 and math.isclose(s, math.sqrt(2))
     assert sweep.format_cell([1.0, 3.0], scale=100, digits=1) == "200.0 ± 141.4 (2)"
     assert sweep.format_cell([5.0]) == "5.000 (1)" and sweep.format_cell([]) == "–"
     md, tex, nrows = sweep.build_table(results, sweep.Table("x", "t", ["wd", "layer"], {"m": "M"}, digits=2))
@@ -158,9 +160,11 @@ def test_aggregate_mean_std_and_counts():
 
 
 def test_record_keeps_scalars_and_checks_key(capsys):
-    from IPython.core.interactiveshell import InteractiveShell  # noqa: F401  (display falls back to print)
-
-    sweep.record("ok_name", [{"model": "RL", "acc": 0.5, "hp": {"lr": 1}, "nan": float("nan")}], key=["model"])
+    # outside a kernel IPython's display prints the bundle: the payload keeps labels, numbers and None only
+    sweep.record("ok_name", [{"model": "RL", "acc": 0.5, "hp": {"lr": 1}, "nan": float("nan"), "no": None}],
+                 key=["model"])
+    out = capsys.readouterr().out
+    assert "'name': 'ok_name', 'key': ['model'], 'rows': [{'model': 'RL', 'acc': 0.5, 'no': None}]" in out
     with pytest.raises(ValueError, match="key field"):
         sweep.record("t", [{"acc": 1}], key=["model"])
     with pytest.raises(ValueError, match="identifier"):
@@ -174,13 +178,10 @@ def test_record_keeps_scalars_and_checks_key(capsys):
 def test_sweep_files_plan_for_every_profile(path):
     spec = sweep.load_spec(path)
     assert spec.tables and spec.notebooks
-    nbs_all = pipeline.discover()
-    nbs = pipeline.select(nbs_all, spec.notebooks)
+    nbs = pipeline.select(pipeline.discover(), spec.notebooks)
     for profile in ("smoke", "quick", "paper"):
-        grid = {**sweep.resolve_grid(spec.grid, profile), "seed": sweep.seed_values(spec.seeds)}
-        declared = pipeline._validate(profile, {**spec.params, **grid}, nbs)
-        runs = dag.plan(nbs, nbs_all, profile, spec.params, declared, grid=grid, output_dir="/nonexistent",
-                        cacheable=True)
+        runs, grid, average, out = sweep.plan_sweep(spec, profile, output_dir="/nonexistent")
+        assert "seed" in grid and average[0] == "seed" and out == Path("/nonexistent") / path.stem / profile
         assert len(runs) > len(nbs)
         ids = {r.id for r in runs}
         assert all(n in ids for r in runs for n in r.needs)
